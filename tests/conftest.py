@@ -1,0 +1,215 @@
+"""Shared fixtures: tiny configs, transformers reference models saved to disk, seeded inputs."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", message=".*sdpa.*")
+
+# Tiny configs as config.json dicts; each is read by both libraries.
+ALTCLIP_CONFIGS = {
+    "base": {
+        "text_config": {
+            "vocab_size": 99,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "project_dim": 24,
+            "max_position_embeddings": 40,
+        },
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 30,
+            "patch_size": 6,
+        },
+        "projection_dim": 16,
+    },
+    "odd_heads": {
+        "text_config": {
+            "vocab_size": 120,
+            "hidden_size": 30,
+            "intermediate_size": 41,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 5,
+            "project_dim": 21,
+            "max_position_embeddings": 30,
+        },
+        "vision_config": {
+            "hidden_size": 27,
+            "intermediate_size": 35,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 3,
+            "image_size": 28,
+            "patch_size": 7,
+        },
+        "projection_dim": 11,
+        "logit_scale_init_value": 3.1,
+    },
+    "one_head": {
+        "text_config": {
+            "vocab_size": 64,
+            "hidden_size": 16,
+            "intermediate_size": 24,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "project_dim": 16,
+            "max_position_embeddings": 20,
+            "hidden_act": "gelu_new",
+        },
+        "vision_config": {
+            "hidden_size": 16,
+            "intermediate_size": 24,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "image_size": 16,
+            "patch_size": 4,
+        },
+        "projection_dim": 8,
+    },
+}
+
+CLIP_CONFIGS = {
+    "base": {
+        "text_config": {
+            "vocab_size": 99,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 20,
+            "projection_dim": 16,
+            "bos_token_id": 97,
+            "eos_token_id": 98,
+            "pad_token_id": 1,
+        },
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 30,
+            "patch_size": 6,
+            "projection_dim": 16,
+        },
+        "projection_dim": 16,
+    },
+    "odd_heads": {
+        "text_config": {
+            "vocab_size": 80,
+            "hidden_size": 30,
+            "intermediate_size": 41,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 5,
+            "max_position_embeddings": 16,
+            "projection_dim": 12,
+            "bos_token_id": 78,
+            "eos_token_id": 79,
+            "pad_token_id": 79,
+        },
+        "vision_config": {
+            "hidden_size": 27,
+            "intermediate_size": 35,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 3,
+            "image_size": 28,
+            "patch_size": 7,
+            "projection_dim": 12,
+        },
+        "projection_dim": 12,
+    },
+    # eos_token_id=2: the legacy configs where the pooled token is the largest id.
+    "legacy_eos": {
+        "text_config": {
+            "vocab_size": 50,
+            "hidden_size": 16,
+            "intermediate_size": 24,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 12,
+            "eos_token_id": 2,
+        },
+        "vision_config": {
+            "hidden_size": 16,
+            "intermediate_size": 24,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 16,
+            "patch_size": 8,
+        },
+        "projection_dim": 8,
+    },
+}
+
+
+def transformers_model(class_name: str, config: dict, kind: str, attn: str = "eager", seed: int = 0):
+    """A randomly initialised transformers model (the reference) in eval mode."""
+    import transformers
+
+    config_cls = {"altclip": transformers.AltCLIPConfig, "clip": transformers.CLIPConfig}[kind]
+    full = config_cls.from_dict(config)
+    cls = getattr(transformers, class_name)
+    if "Text" in class_name:
+        sub = full.text_config
+    elif "Vision" in class_name:
+        sub = full.vision_config
+    else:
+        sub = full
+    torch.manual_seed(seed)
+    model = cls._from_config(sub, attn_implementation=attn)
+    with torch.no_grad():  # random LayerNorms and biases, so every parameter matters in the comparison
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name or "layrnorm" in name or "pre_LN" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            elif name.endswith("bias"):
+                p.normal_(std=0.05)
+    return model.eval()
+
+
+def saved_transformers_model(tmp_path: Path, class_name: str, config: dict, kind: str, **kw):
+    model = transformers_model(class_name, config, kind, **kw)
+    folder = tmp_path / class_name
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def text_batch(vocab_size: int, lengths: list[int], pad_id: int, bos: int, eos: int, seed: int = 0):
+    """Right-padded ids of mixed lengths (each ``bos ... eos``, body ids below any special id > 2)."""
+    g = torch.Generator().manual_seed(seed)
+    high = min([vocab_size] + [t for t in (bos, eos) if t > 2])
+    ids = torch.full((len(lengths), max(lengths)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        body = torch.randint(3, high, (n - 2,), generator=g)
+        ids[row, :n] = torch.cat([torch.tensor([bos]), body, torch.tensor([eos])])
+        mask[row, :n] = 1
+    return ids, mask
+
+
+def pixels(batch: int, size: int | tuple[int, int], seed: int = 0) -> torch.Tensor:
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_close(ours: torch.Tensor, theirs: torch.Tensor, atol: float = 1e-5, what: str = "") -> float:
+    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} vs {tuple(theirs.shape)}"
+    diff = (ours.float() - theirs.float()).abs().max().item() if ours.numel() else 0.0
+    assert diff <= atol, f"{what}: max abs difference {diff:.3g} > {atol}"
+    return diff
+
+
+@pytest.fixture(params=sorted(ALTCLIP_CONFIGS))
+def altclip_config(request) -> dict:
+    return ALTCLIP_CONFIGS[request.param]
+
+
+@pytest.fixture(params=sorted(CLIP_CONFIGS))
+def clip_config(request) -> dict:
+    return CLIP_CONFIGS[request.param]
