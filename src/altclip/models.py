@@ -64,6 +64,7 @@ class PreTrainedModel(nn.Module):
     config_class: ClassVar[type[Config]]
     key_map: ClassVar[KeyMap] = KeyMap(drop=LEGACY_BUFFERS)
     composite_key_map: ClassVar[KeyMap | None] = None
+    save_key_map: ClassVar[KeyMap] = KeyMap()
     config: Config
 
     # -- properties -------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ class PreTrainedModel(nn.Module):
         """Write ``config.json`` and ``model.safetensors`` (sharded above ``max_shard_size``) that
         transformers and altclip both load."""
         folder = Path(folder)
-        checkpoint.save_weights(self.state_dict(), folder, max_shard_size)
+        checkpoint.save_weights(self.save_key_map.apply(self.state_dict()), folder, max_shard_size)
         self.config.save_pretrained(folder)
         return folder
 
@@ -247,6 +248,8 @@ class AltCLIPTextModel(PreTrainedModel, AltCLIPTextTransformer):
         drop=(*LEGACY_BUFFERS, r"^roberta\.pooler\."),
         rename=((r"^roberta\.encoder\.layers\.", "roberta.encoder.layer."),),
     )
+    # ...and reads only that spelling for a standalone AltCLIPTextModel, so that is what we write.
+    save_key_map = KeyMap(rename=((r"^roberta\.encoder\.layer\.", "roberta.encoder.layers."),))
     composite_key_map = KeyMap(
         keep=(r"^text_model\.",),
         drop=(*LEGACY_BUFFERS, r"\.roberta\.pooler\."),
