@@ -236,7 +236,7 @@ def test_hub_names_resolve_from_the_cache_offline(tmp_path):
 def test_missing_folders_and_files(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="not a folder"):
         altclip.AltCLIPModel.from_pretrained(tmp_path / "nope")
-    with pytest.raises(CheckpointNotFoundError, match="has no config.json"):
+    with pytest.raises(CheckpointNotFoundError, match=r"has no config.json"):
         altclip.AltCLIPModel.from_pretrained(tmp_path)
     altclip.AltCLIPConfig.from_dict(ALT).save_pretrained(tmp_path)
     with pytest.raises(CheckpointNotFoundError, match="has no weights"):

@@ -19,7 +19,7 @@ def test_bad_pixels_are_named():
         tower(torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="got shape"):
         tower(torch.zeros(1, 4, 32, 32))
-    with pytest.raises(ValueError, match="32x48 but the model takes 32x32.*interpolate_pos_encoding"):
+    with pytest.raises(ValueError, match=r"32x48 but the model takes 32x32.*interpolate_pos_encoding"):
         tower(torch.zeros(1, 3, 32, 48))
     with pytest.raises(ValueError, match="smaller than one 8px patch"):
         tower(torch.zeros(1, 3, 4, 32), interpolate_pos_encoding=True)
