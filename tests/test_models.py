@@ -197,3 +197,31 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model.gradient_checkpointing_enable()
     for a, b in zip(plain, grads(), strict=True):
         assert_close(a, b, atol=1e-6)
+
+
+# BAAI/AltCLIP's sizes: ViT-L/14 image tower, XLM-R-large text tower, projection 768 (865M parameters).
+BAAI_ALTCLIP = {
+    "text_config": {},  # transformers' defaults are XLM-R-large with project_dim 768
+    "vision_config": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "patch_size": 14,
+        "image_size": 224,
+    },
+    "projection_dim": 768,
+}
+
+
+@pytest.mark.slow
+def test_real_size_altclip_matches_transformers(tmp_path):
+    theirs, folder = saved_transformers_model(tmp_path, "AltCLIPModel", BAAI_ALTCLIP, "altclip", attn="sdpa")
+    ours = altclip.AltCLIPModel.from_pretrained(folder)
+    assert ours.num_parameters() == theirs.num_parameters()
+    ids, mask = text_batch(250002, [77, 12, 40, 5], pad_id=1, bos=0, eos=2)
+    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels(4, 224), "return_loss": True}
+    with torch.no_grad():
+        expected = theirs(**inputs, output_hidden_states=True)
+        worst = compare_dual(ours(**inputs, output_hidden_states=True), expected, "real-size", attentions=False)
+    print(f"\nBAAI/AltCLIP sizes: max abs difference over embeddings, logits, loss, hidden states = {worst:.3g}")
