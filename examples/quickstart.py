@@ -1,7 +1,9 @@
-"""Build a tiny random-weight AltCLIP checkpoint folder, load it back, and score images against texts.
+"""The Hugging Face docs example, end to end, on a checkpoint folder this script builds.
 
-Real use is the same code with ``AltCLIPModel.from_pretrained("BAAI/AltCLIP")``; this machine has no
-hub access, so the example makes its own checkpoint first.
+Real use is the same code with ``"BAAI/AltCLIP"`` in place of the folder; this machine has no hub
+access, so the script first makes a small random-weight AltCLIP with a sentencepiece tokenizer trained
+on a few multilingual captions (XLM-R's layout: unk=0, bos=1, eos=2) and CLIP's image preprocessing.
+The weights are random, so the probabilities mean nothing yet: the point is the pipeline.
 """
 
 from __future__ import annotations
@@ -10,47 +12,116 @@ import sys
 import tempfile
 from pathlib import Path
 
+import sentencepiece
 import torch
+from PIL import Image, ImageDraw
 
-from altclip import AltCLIPConfig, AltCLIPModel, AltCLIPTextConfig, AltCLIPVisionConfig
+from altclip import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor, XLMRobertaTokenizer
+
+CAPTIONS = [
+    "a photo of a cat",
+    "a photo of a dog",
+    "a red apple on a table",
+    "two birds in the sky",
+    "一张猫的照片",
+    "一张狗的照片",
+    "桌子上的红苹果",
+    "天空中的两只鸟",
+    "猫の写真",
+    "犬の写真",
+    "テーブルの上の赤いリンゴ",
+    "고양이 사진",
+    "강아지 사진",
+    "صورة قطة",
+    "صورة كلب",
+    "фотография кошки",
+    "фотография собаки",
+    "une photo d'un chat",
+    "ein Foto von einem Hund",
+    "una foto de un gato",
+]
 
 
 def build_checkpoint(folder: Path) -> Path:
-    text = AltCLIPTextConfig(
-        vocab_size=1000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        project_dim=48,
-        max_position_embeddings=80,
+    folder.mkdir(parents=True)
+    spm_prefix = folder / "sp"
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CAPTIONS * 5),
+        model_prefix=str(spm_prefix),
+        vocab_size=160,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
     )
-    vision = AltCLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16
+    tokenizer = XLMRobertaTokenizer.from_sentencepiece(spm_prefix.with_suffix(".model"))
+    config = AltCLIPConfig.from_dict(
+        {
+            "text_config": {
+                "vocab_size": len(tokenizer),
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "project_dim": 48,
+            },
+            "vision_config": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "image_size": 64,
+                "patch_size": 16,
+            },
+            "projection_dim": 32,
+        }
     )
     torch.manual_seed(0)
-    AltCLIPModel(AltCLIPConfig.from_text_vision_configs(text, vision, projection_dim=32)).save_pretrained(folder)
+    AltCLIPModel(config).save_pretrained(folder)
+    processor = AltCLIPProcessor(
+        CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}), tokenizer
+    )
+    processor.save_pretrained(folder)
+    for leftover in folder.glob("sp.*"):
+        leftover.unlink()
     return folder
+
+
+def a_cat_picture() -> Image.Image:
+    image = Image.new("RGB", (160, 120), "white")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((40, 30, 120, 110), fill="orange")
+    draw.polygon([(48, 45), (60, 10), (75, 38)], fill="orange")
+    draw.polygon([(112, 45), (100, 10), (85, 38)], fill="orange")
+    return image
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_checkpoint(Path(tmp) / "tiny-altclip")
-        print(f"checkpoint: {sorted(p.name for p in folder.iterdir())}")
-        model = AltCLIPModel.from_pretrained(folder)
-        input_ids = torch.tensor([[0, 17, 99, 2, 1], [0, 23, 41, 77, 2]])  # <s> ... </s> <pad>
-        attention_mask = (input_ids != 1).long()
-        pixel_values = torch.randn(3, 3, 64, 64)
+        print(f"checkpoint folder: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+
+        # --- the docs example ---
+        model = AltCLIPModel.from_pretrained(folder)  # or "BAAI/AltCLIP"
+        processor = AltCLIPProcessor.from_pretrained(folder)
+        image = a_cat_picture()
+        labels = ["a photo of a cat", "a photo of a dog", "一张猫的照片", "一张狗的照片"]
+        inputs = processor(text=labels, images=image, return_tensors="pt", padding=True)
         with torch.inference_mode():
-            outputs = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
-        probs = outputs.logits_per_image.softmax(dim=1)
+            outputs = model(**inputs)
+        probs = outputs.logits_per_image.softmax(dim=1)  # image-text similarity -> label probabilities
+        # ---
+
         print(
-            f"{model.num_parameters():,} parameters; text_embeds {tuple(outputs.text_embeds.shape)}, "
-            f"image_embeds {tuple(outputs.image_embeds.shape)}"
+            f"{model.num_parameters():,} parameters (random weights); input_ids {tuple(inputs.input_ids.shape)}, "
+            f"pixel_values {tuple(inputs.pixel_values.shape)}"
         )
-        print("label probabilities per image:")
-        for i, row in enumerate(probs.tolist()):
-            print(f"  image {i}: " + "  ".join(f"text {j}: {p:.3f}" for j, p in enumerate(row)))
+        print(f"{'label':<20} probability")
+        for label, p in zip(labels, probs[0].tolist(), strict=True):
+            print(f"{label:<20} {p:.4f}")
     return 0
 
 

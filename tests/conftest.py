@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer as Backend
+from tokenizers import trainers
+
+from altclip.tokenization import clip_backend
 
 warnings.filterwarnings("ignore", message=".*sdpa.*")
 
@@ -205,11 +210,78 @@ def assert_close(ours: torch.Tensor, theirs: torch.Tensor, atol: float = 1e-5, w
     return diff
 
 
-@pytest.fixture(params=sorted(ALTCLIP_CONFIGS))
-def altclip_config(request) -> dict:
-    return ALTCLIP_CONFIGS[request.param]
+# Tokenizers trained in the tests, on the CLDR emoji names in 14 languages (the `emoji` package).
+LANGUAGES = ["en", "zh", "ja", "ko", "ar", "ru", "fr", "de", "es", "it", "pt", "fa", "id", "tr"]
 
 
-@pytest.fixture(params=sorted(CLIP_CONFIGS))
-def clip_config(request) -> dict:
-    return CLIP_CONFIGS[request.param]
+def cldr_names() -> list[str]:
+    import emoji
+
+    emoji.config.load_language()
+    return [
+        data[lang].strip(":").replace("_", " ")
+        for data in emoji.EMOJI_DATA.values()
+        for lang in LANGUAGES
+        if lang in data
+    ]
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    return cldr_names()
+
+
+@pytest.fixture(scope="session")
+def xlmr_folder(tmp_path_factory, corpus) -> Path:
+    """A sentencepiece model in XLM-R's layout (unk=0, bos=1, eos=2) and no tokenizer.json (like AltCLIP-m9)."""
+    import sentencepiece
+
+    folder = tmp_path_factory.mktemp("xlmr")
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_prefix=str(folder / "sp"),
+        vocab_size=8000,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=0.9995,
+        minloglevel=2,
+        num_threads=2,
+    )
+    (folder / "sp.model").rename(folder / "sentencepiece.bpe.model")
+    (folder / "sp.vocab").unlink()
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": 512, "tokenizer_class": "XLMRobertaTokenizer"})
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def clip_folder(tmp_path_factory, corpus) -> Path:
+    """A byte-level BPE with CLIP's pipeline, trained here, saved as vocab.json + merges.txt."""
+    folder = tmp_path_factory.mktemp("clip")
+    specials = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
+    backend: Backend = clip_backend({"<|startoftext|>": 0, "<|endoftext|>": 1}, [], specials)
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    trainer = trainers.BpeTrainer(
+        vocab_size=6000,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        end_of_word_suffix="</w>",
+        initial_alphabet=ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer=trainer)
+    backend.model.save(str(folder))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": 77, "tokenizer_class": "CLIPTokenizer"})
+    )
+    return folder

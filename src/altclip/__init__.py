@@ -12,6 +12,7 @@ from altclip.config import (
     CLIPTextConfig,
     CLIPVisionConfig,
 )
+from altclip.image import CLIPImageProcessor
 from altclip.models import (
     AltCLIPModel,
     AltCLIPTextModel,
@@ -23,6 +24,8 @@ from altclip.models import (
     CLIPVisionModelWithProjection,
 )
 from altclip.outputs import AltCLIPOutput, BaseModelOutputWithPooling, CLIPOutput
+from altclip.processor import AltCLIPProcessor, CLIPProcessor
+from altclip.tokenization import BatchEncoding, CLIPTokenizer, XLMRobertaTokenizer
 
 __version__ = "0.1.0"
 
@@ -30,18 +33,24 @@ __all__ = [
     "AltCLIPConfig",
     "AltCLIPModel",
     "AltCLIPOutput",
+    "AltCLIPProcessor",
     "AltCLIPTextConfig",
     "AltCLIPTextModel",
     "AltCLIPVisionConfig",
     "AltCLIPVisionModel",
     "BaseModelOutputWithPooling",
+    "BatchEncoding",
     "CLIPConfig",
+    "CLIPImageProcessor",
     "CLIPModel",
     "CLIPOutput",
+    "CLIPProcessor",
     "CLIPTextConfig",
     "CLIPTextModel",
     "CLIPTextModelWithProjection",
+    "CLIPTokenizer",
     "CLIPVisionConfig",
     "CLIPVisionModel",
     "CLIPVisionModelWithProjection",
+    "XLMRobertaTokenizer",
 ]

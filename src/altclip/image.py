@@ -1,0 +1,221 @@
+"""Image preprocessing, exact to transformers' ``CLIPImageProcessor`` (its PIL backend).
+
+Per image: convert to RGB (transparency composited onto white) -> resize the shortest edge (bicubic,
+with Pillow) -> centre crop (zero-padded when the image is smaller) -> rescale to [0, 1] -> normalise
+with the OpenAI mean and std. Inputs may be PIL images, NumPy arrays (HWC or CHW, uint8 or float in
+[0, 1]), torch tensors, file paths, or lists of these. A file path is opened with Pillow, which keeps
+its decompression-bomb limit, and turned upright by its EXIF orientation tag before anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from altclip import checkpoint
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PREPROCESSOR_NAME = "preprocessor_config.json"
+
+ImageInput = Image.Image | np.ndarray | torch.Tensor | str | Path
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file and apply its EXIF orientation. Pillow's decompression-bomb check stays on."""
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path}: refused as a possible decompression bomb ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from err
+    return image
+
+
+def _channels_last(array: np.ndarray, what: str) -> np.ndarray:
+    """HWC from HWC / CHW (channels 1, 3 or 4; ambiguous shapes are read as CHW, like transformers)."""
+    if array.ndim == 2:
+        return array[..., None]
+    if array.ndim != 3:
+        raise ValueError(f"{what}: an image array must have 2 or 3 dimensions, got shape {array.shape}")
+    if array.shape[0] in (1, 3, 4):
+        return np.moveaxis(array, 0, -1)
+    if array.shape[-1] in (1, 3, 4):
+        return array
+    raise ValueError(f"{what}: cannot tell the channel axis of shape {array.shape} (expected 1, 3 or 4 channels)")
+
+
+def to_rgb(image: ImageInput, what: str = "image") -> np.ndarray:
+    """Any supported input -> an (H, W, 3) array, uint8 or float, transparency composited onto white."""
+    if isinstance(image, str | Path):
+        image = load_image(image)
+    if isinstance(image, Image.Image):
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image.convert("RGBA"))
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"{what}: expected a PIL image, NumPy array, torch tensor or file path, got {type(image).__name__}"
+        )
+    array = _channels_last(image, what)
+    if array.shape[-1] == 1:
+        return np.repeat(array, 3, axis=-1)
+    if array.shape[-1] == 4:
+        floating = np.issubdtype(array.dtype, np.floating)
+        if floating and (array.min() < 0.0 or array.max() > 1.0):
+            raise ValueError(f"{what}: a float RGBA image must lie in [0, 1], got [{array.min()}, {array.max()}]")
+        white = 1.0 if floating else 255
+        alpha = array[..., 3:4] / white
+        blended = alpha * array[..., :3] + (1 - alpha) * white
+        return blended.astype(array.dtype) if floating else np.round(blended).astype(array.dtype)
+    return array
+
+
+def _float_to_uint8_scale(array: np.ndarray, what: str) -> bool:
+    """Whether a non-uint8 image holds [0, 1] values that must be scaled by 255 before Pillow sees it."""
+    if array.dtype == np.uint8:
+        return False
+    if np.allclose(array, array.astype(int)):
+        if array.min() >= 0 and array.max() <= 255:
+            return False
+        raise ValueError(f"{what}: integer-valued pixels must lie in [0, 255], got [{array.min()}, {array.max()}]")
+    if array.min() >= 0 and array.max() <= 1:
+        return True
+    raise ValueError(f"{what}: float pixels must lie in [0, 1], got [{array.min()}, {array.max()}]")
+
+
+def resize_shortest_edge(array: np.ndarray, size: int, resample: int, what: str = "image") -> np.ndarray:
+    """Scale so the shorter side is ``size`` (the longer side truncated to an int), with Pillow."""
+    height, width = array.shape[:2]
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    new_height, new_width = (new_long, size) if width <= height else (size, new_long)
+    scaled = _float_to_uint8_scale(array, what)
+    pixels = (array.astype(np.float64) * 255).astype(np.float32) if scaled else array
+    pil = Image.fromarray(pixels.astype(np.uint8).squeeze(-1) if array.shape[-1] == 1 else pixels.astype(np.uint8))
+    resized = np.asarray(pil.resize((new_width, new_height), resample=resample))
+    resized = resized[..., None] if resized.ndim == 2 else resized
+    return (resized.astype(np.float64) * (1 / 255)).astype(np.float32) if scaled else resized
+
+
+def center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(C, H, W) -> (C, height, width) around the centre, zero-padding an image smaller than the crop."""
+    _, h, w = array.shape
+    top, left = (h - height) // 2, (w - width) // 2
+    if top >= 0 and left >= 0:
+        return array[:, top : top + height, left : left + width]
+    padded_h, padded_w = max(height, h), max(width, w)
+    pad_top, pad_left = math.ceil((padded_h - h) / 2), math.ceil((padded_w - w) / 2)
+    padded = np.zeros((array.shape[0], padded_h, padded_w), dtype=array.dtype)
+    padded[:, pad_top : pad_top + h, pad_left : pad_left + w] = array
+    top, left = top + pad_top, left + pad_left
+    return padded[:, max(0, top) : min(padded_h, top + height), max(0, left) : min(padded_w, left + width)]
+
+
+def _square(value: int | dict[str, int]) -> dict[str, int]:
+    return {"height": value, "width": value} if isinstance(value, int) else dict(value)
+
+
+@dataclass
+class CLIPImageProcessor:
+    """Settings and preprocessing of ``preprocessor_config.json`` (also the old ``CLIPFeatureExtractor`` form)."""
+
+    do_resize: bool = True
+    size: dict[str, int] = field(default_factory=lambda: {"shortest_edge": 224})
+    resample: int = Image.Resampling.BICUBIC
+    do_center_crop: bool = True
+    crop_size: dict[str, int] = field(default_factory=lambda: {"height": 224, "width": 224})
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
+    do_convert_rgb: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, int):  # old feature-extractor files: ``"size": 224``
+            self.size = {"shortest_edge": self.size}
+        self.crop_size = _square(self.crop_size)
+        if "shortest_edge" not in self.size:
+            raise ValueError(f"size must name shortest_edge (the CLIP resize), got {self.size}")
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+
+    # -- files -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CLIPImageProcessor:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "image_processor_type": "CLIPImageProcessor"}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **hub: Any) -> CLIPImageProcessor:
+        path = checkpoint.resolve_file(name_or_path, PREPROCESSOR_NAME, **hub)
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return checkpoint.atomic_write_bytes(Path(folder) / PREPROCESSOR_NAME, text.encode("utf-8"))
+
+    # -- preprocessing ----------------------------------------------------------------------------
+
+    def preprocess_one(self, image: ImageInput, what: str = "image") -> np.ndarray:
+        """One image -> float32 (3, crop height, crop width)."""
+        array = to_rgb(image, what) if self.do_convert_rgb else _channels_last(_as_array(image), what)
+        if self.do_resize:
+            array = resize_shortest_edge(array, self.size["shortest_edge"], self.resample, what)
+        array = np.moveaxis(array, -1, 0)  # (C, H, W)
+        if self.do_center_crop:
+            array = center_crop(array, self.crop_size["height"], self.crop_size["width"])
+        if self.do_rescale:
+            array = (array.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        if self.do_normalize:
+            array = array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float32)
+            mean = np.asarray(self.image_mean, dtype=array.dtype)[:, None, None]
+            std = np.asarray(self.image_std, dtype=array.dtype)[:, None, None]
+            array = (array - mean) / std
+        return array
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt") -> dict[str, Any]:
+        """Images -> ``{"pixel_values": (batch, 3, H, W)}`` as torch ("pt"), NumPy ("np") or a list (None)."""
+        batch = list(images) if isinstance(images, list | tuple) else [images]
+        if not batch:
+            raise ValueError("images is empty")
+        arrays = [self.preprocess_one(image, f"images[{i}]") for i, image in enumerate(batch)]
+        return {"pixel_values": _stack(arrays, return_tensors, "pixel_values")}
+
+
+def _as_array(image: ImageInput) -> np.ndarray:
+    if isinstance(image, str | Path):
+        image = load_image(image)
+    if isinstance(image, torch.Tensor):
+        return image.detach().cpu().numpy()
+    return np.asarray(image)
+
+
+def _stack(arrays: list[np.ndarray], return_tensors: str | None, what: str) -> Any:
+    if return_tensors is None:
+        return arrays
+    if len({a.shape for a in arrays}) > 1:
+        raise ValueError(f"{what} have different shapes {sorted({a.shape for a in arrays})}; cannot batch them")
+    stacked = np.stack(arrays)
+    if return_tensors == "np":
+        return stacked
+    if return_tensors == "pt":
+        return torch.from_numpy(stacked)
+    raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")

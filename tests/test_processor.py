@@ -1,0 +1,157 @@
+"""Processors, and the acceptance test: the docs' examples on local folders, equal to transformers."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import skimage
+import torch
+import transformers
+from PIL import Image
+
+import altclip
+from altclip.image import CLIPImageProcessor
+from tests.conftest import assert_close
+
+CAT = Path(skimage.__file__).parent / "data" / "chelsea.png"  # a photograph of a cat
+
+
+def tiny_checkpoint(folder: Path, tokenizer_folder: Path, family: str) -> Path:
+    """A random-weight model, the trained tokenizer and a 32px preprocessor config, in one folder."""
+    tokenizer = (altclip.XLMRobertaTokenizer if family == "altclip" else altclip.CLIPTokenizer).from_pretrained(
+        tokenizer_folder
+    )
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    torch.manual_seed(0)
+    if family == "altclip":
+        config = altclip.AltCLIPConfig.from_dict(
+            {
+                "text_config": {
+                    "vocab_size": len(tokenizer),
+                    "hidden_size": 32,
+                    "intermediate_size": 37,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "project_dim": 24,
+                },
+                "vision_config": vision,
+                "projection_dim": 16,
+            }
+        )
+        model = altclip.AltCLIPModel(config)
+    else:
+        config = altclip.CLIPConfig.from_dict(
+            {
+                "text_config": {
+                    "vocab_size": len(tokenizer),
+                    "hidden_size": 32,
+                    "intermediate_size": 37,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "bos_token_id": tokenizer.bos_token_id,
+                    "eos_token_id": tokenizer.eos_token_id,
+                    "pad_token_id": tokenizer.pad_token_id,
+                },
+                "vision_config": vision,
+                "projection_dim": 16,
+            }
+        )
+        model = altclip.CLIPModel(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["altclip", "clip"])
+def test_docs_example_gives_transformers_probabilities(tmp_path, request, family):
+    folder = tiny_checkpoint(
+        tmp_path / family, request.getfixturevalue(f"{'xlmr' if family == 'altclip' else 'clip'}_folder"), family
+    )
+    labels = ["a photo of a cat", "a photo of a dog", "一张猫的照片", "猫の写真"]
+
+    def docs_example(model_cls, processor_cls):
+        # the usage example of the AltCLIP / CLIP docs, with a local folder
+        model = model_cls.from_pretrained(folder)
+        processor = processor_cls.from_pretrained(folder)
+        image = Image.open(CAT)
+        inputs = processor(text=labels, images=image, return_tensors="pt", padding=True)
+        outputs = model(**inputs)
+        logits_per_image = outputs.logits_per_image  # this is the image-text similarity score
+        return logits_per_image.softmax(dim=1)  # we can take the softmax to get the label probabilities
+
+    names = ("AltCLIPModel", "AltCLIPProcessor") if family == "altclip" else ("CLIPModel", "CLIPProcessor")
+    ours = docs_example(getattr(altclip, names[0]), getattr(altclip, names[1]))
+    theirs = docs_example(getattr(transformers, names[0]), getattr(transformers, names[1]))
+    assert ours.shape == (1, len(labels))
+    assert_close(ours, theirs, atol=1e-6, what="probabilities")
+
+
+def test_text_only_images_only_and_neither(tmp_path, xlmr_folder):
+    folder = tiny_checkpoint(tmp_path / "m", xlmr_folder, "altclip")
+    processor = altclip.AltCLIPProcessor.from_pretrained(folder)
+    text = processor(text=["un chat", "a much longer caption"], padding=True, return_tensors="pt")
+    assert set(text) == {"input_ids", "attention_mask"} and text.input_ids.shape[0] == 2
+    images = processor(images=[Image.open(CAT), CAT], return_tensors="pt")
+    assert set(images) == {"pixel_values"} and images.pixel_values.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="needs text, images or both"):
+        processor()
+    model = altclip.AltCLIPModel.from_pretrained(folder)
+    with torch.no_grad():
+        assert model.get_text_features(**text).shape == (2, 16)
+        assert model.get_image_features(**images).shape == (2, 16)
+    assert processor.batch_decode(text.input_ids, skip_special_tokens=True)[0] == "un chat"
+
+
+def test_processor_files_round_trip_with_transformers(tmp_path, xlmr_folder, clip_folder):
+    for family, tokenizer_folder, ours_cls, theirs_cls in [
+        ("altclip", xlmr_folder, altclip.AltCLIPProcessor, transformers.AltCLIPProcessor),
+        ("clip", clip_folder, altclip.CLIPProcessor, transformers.CLIPProcessor),
+    ]:
+        source = tiny_checkpoint(tmp_path / family, tokenizer_folder, family)
+        ours_cls.from_pretrained(source).save_pretrained(tmp_path / f"{family}-saved")
+        ours, theirs = (
+            ours_cls.from_pretrained(tmp_path / f"{family}-saved"),
+            theirs_cls.from_pretrained(tmp_path / f"{family}-saved"),
+        )
+        a = ours(text=["a cat", "猫"], images=Image.open(CAT), return_tensors="pt", padding=True)
+        b = theirs(text=["a cat", "猫"], images=Image.open(CAT), return_tensors="pt", padding=True)
+        assert set(a) == set(b)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
+        assert_close(a.pixel_values, b.pixel_values, atol=1e-6)
+    with pytest.raises(TypeError, match="needs a XLMRobertaTokenizer"):
+        altclip.AltCLIPProcessor(CLIPImageProcessor(), altclip.CLIPTokenizer.from_pretrained(clip_folder))
+
+
+@pytest.mark.real_weights
+def test_real_altclip_knows_a_cat_in_chinese():
+    """Opt in with `pytest -m real_weights` on a machine whose Hugging Face cache holds BAAI/AltCLIP."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache("BAAI/AltCLIP", "config.json"), str):
+        pytest.skip("BAAI/AltCLIP is not in the local Hugging Face cache")
+    model = altclip.AltCLIPModel.from_pretrained("BAAI/AltCLIP", local_files_only=True)
+    processor = altclip.AltCLIPProcessor.from_pretrained("BAAI/AltCLIP", local_files_only=True)
+    inputs = processor(text=["一张猫的照片", "一张狗的照片"], images=Image.open(CAT), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        probs = model(**inputs).logits_per_image.softmax(dim=1)
+    assert probs[0, 0] > 0.99, probs
+
+
+def test_sentencepiece_only_folder_is_a_complete_processor(tmp_path, xlmr_folder):
+    """A folder with only sentencepiece.bpe.model (AltCLIP-m9's layout) is a complete processor."""
+    folder = tiny_checkpoint(tmp_path / "m9", xlmr_folder, "altclip")
+    (folder / "tokenizer.json").unlink()
+    shutil.copyfile(xlmr_folder / "sentencepiece.bpe.model", folder / "sentencepiece.bpe.model")
+    processor = altclip.AltCLIPProcessor.from_pretrained(folder)
+    expected = transformers.AltCLIPProcessor.from_pretrained(folder)(text=["狗"], return_tensors="pt")
+    assert torch.equal(processor(text=["狗"], return_tensors="pt").input_ids, expected.input_ids)
