@@ -31,41 +31,21 @@ def tiny_checkpoint(folder: Path, tokenizer_folder: Path, family: str) -> Path:
         "image_size": 32,
         "patch_size": 8,
     }
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
     torch.manual_seed(0)
     if family == "altclip":
-        config = altclip.AltCLIPConfig.from_dict(
-            {
-                "text_config": {
-                    "vocab_size": len(tokenizer),
-                    "hidden_size": 32,
-                    "intermediate_size": 37,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "project_dim": 24,
-                },
-                "vision_config": vision,
-                "projection_dim": 16,
-            }
-        )
-        model = altclip.AltCLIPModel(config)
+        config = {"text_config": {**text, "project_dim": 24}, "vision_config": vision, "projection_dim": 16}
+        model = altclip.AltCLIPModel(altclip.AltCLIPConfig.from_dict(config))
     else:
-        config = altclip.CLIPConfig.from_dict(
-            {
-                "text_config": {
-                    "vocab_size": len(tokenizer),
-                    "hidden_size": 32,
-                    "intermediate_size": 37,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "bos_token_id": tokenizer.bos_token_id,
-                    "eos_token_id": tokenizer.eos_token_id,
-                    "pad_token_id": tokenizer.pad_token_id,
-                },
-                "vision_config": vision,
-                "projection_dim": 16,
-            }
-        )
-        model = altclip.CLIPModel(config)
+        special_ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+        config = {"text_config": {**text, **special_ids}, "vision_config": vision, "projection_dim": 16}
+        model = altclip.CLIPModel(altclip.CLIPConfig.from_dict(config))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)

@@ -17,6 +17,16 @@ CONFIG = AltCLIPTextConfig(
     project_dim=8,
     max_position_embeddings=12,
 )
+CLIP_CONFIG = CLIPTextConfig(
+    vocab_size=30,
+    hidden_size=8,
+    intermediate_size=8,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=6,
+    eos_token_id=29,
+    pad_token_id=29,
+)
 
 
 def test_positions_start_after_padding_and_skip_it():
@@ -42,17 +52,7 @@ def test_bad_token_ids_are_named():
         tower(torch.zeros(1, 3))
     with pytest.raises(ValueError, match=r"\(batch, length\)"):
         tower(torch.zeros(3, dtype=torch.long))
-    clip = CLIPTextTransformer(
-        CLIPTextConfig(
-            vocab_size=30,
-            hidden_size=8,
-            intermediate_size=8,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=6,
-            eos_token_id=29,
-        )
-    )
+    clip = CLIPTextTransformer(CLIP_CONFIG)
     with pytest.raises(ValueError, match="at most 6"):
         clip(torch.zeros(1, 7, dtype=torch.long))
     with pytest.raises(ValueError, match="vocabulary has 30"):
@@ -60,17 +60,7 @@ def test_bad_token_ids_are_named():
 
 
 def test_clip_pools_at_the_first_eos():
-    config = CLIPTextConfig(
-        vocab_size=30,
-        hidden_size=8,
-        intermediate_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=8,
-        eos_token_id=29,
-        pad_token_id=29,
-    )
-    tower = CLIPTextTransformer(config).eval()
+    tower = CLIPTextTransformer(CLIP_CONFIG).eval()  # pad_token_id == eos_token_id, as in OpenAI's CLIP
     ids = torch.tensor([[28, 5, 29, 29, 29], [28, 5, 6, 7, 29]])
     out = tower(ids, attention_mask=(torch.arange(5) < torch.tensor([[3], [5]])).long())
     torch.testing.assert_close(out.pooler_output, out.last_hidden_state[[0, 1], [2, 4]])

@@ -62,6 +62,12 @@ def strings(corpus) -> list[str]:
     return rng.sample(corpus, 10_000) + script_samples(rng) + HARD_CASES
 
 
+FAMILIES = {
+    "xlmr": (XLMRobertaTokenizer, transformers.XLMRobertaTokenizer),
+    "clip": (CLIPTokenizer, transformers.CLIPTokenizer),
+}
+
+
 def assert_same_encoding(ours_tok, theirs_tok, texts: list[str], **kwargs) -> None:
     for start in range(0, len(texts), 2000):
         chunk = texts[start : start + 2000]
@@ -147,11 +153,7 @@ def test_clip_from_tokenizer_json_matches_transformers(tmp_path, clip_folder, st
 @pytest.mark.parametrize("family", ["xlmr", "clip"])
 def test_call_options_match_transformers(request, family, kwargs, strings):
     folder = request.getfixturevalue(f"{family}_folder")
-    ours_cls, theirs_cls = {
-        "xlmr": (XLMRobertaTokenizer, transformers.XLMRobertaTokenizer),
-        "clip": (CLIPTokenizer, transformers.CLIPTokenizer),
-    }[family]
-    ours, theirs = ours_cls.from_pretrained(folder), theirs_cls.from_pretrained(folder)
+    ours, theirs = (cls.from_pretrained(folder) for cls in FAMILIES[family])
     assert_same_encoding(ours, theirs, strings[:300] + HARD_CASES, **kwargs)
     single_ours, single_theirs = ours("a photo of a cat", **kwargs), theirs("a photo of a cat", **kwargs)
     for key in ("input_ids", "attention_mask"):
@@ -164,11 +166,7 @@ def test_call_options_match_transformers(request, family, kwargs, strings):
 @pytest.mark.parametrize("family", ["xlmr", "clip"])
 def test_decode_matches_transformers(request, family, strings):
     folder = request.getfixturevalue(f"{family}_folder")
-    ours_cls, theirs_cls = {
-        "xlmr": (XLMRobertaTokenizer, transformers.XLMRobertaTokenizer),
-        "clip": (CLIPTokenizer, transformers.CLIPTokenizer),
-    }[family]
-    ours, theirs = ours_cls.from_pretrained(folder), theirs_cls.from_pretrained(folder)
+    ours, theirs = (cls.from_pretrained(folder) for cls in FAMILIES[family])
     batch = ours(strings[:500], padding=True, return_tensors="pt")["input_ids"]
     for skip in (False, True):
         assert ours.batch_decode(batch, skip_special_tokens=skip) == theirs.batch_decode(

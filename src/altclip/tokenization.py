@@ -207,22 +207,18 @@ class Tokenizer:
     # -- files ------------------------------------------------------------------------------------
 
     @staticmethod
-    def read_settings(name_or_path: str | Path, **hub: Any) -> dict[str, Any]:
-        """``tokenizer_config.json`` merged over ``special_tokens_map.json`` (both optional)."""
+    def read_settings(name_or_path: str | Path, defaults: dict[str, str], **hub: Any) -> tuple[dict[str, str], int]:
+        """Special tokens and ``model_max_length`` from ``tokenizer_config.json`` over ``special_tokens_map.json``."""
         settings: dict[str, Any] = {}
         for filename in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):
             path = checkpoint.resolve_file(name_or_path, filename, required=False, **hub)
             if path is not None:
                 settings.update(json.loads(path.read_text(encoding="utf-8")))
-        return settings
-
-    @classmethod
-    def special_tokens_from(cls, settings: dict[str, Any], defaults: dict[str, str]) -> dict[str, str]:
-        tokens = {}
+        specials = {}
         for name, default in defaults.items():
             value = settings.get(name, default)
-            tokens[name] = value["content"] if isinstance(value, dict) else str(value)
-        return tokens
+            specials[name] = value["content"] if isinstance(value, dict) else str(value)
+        return specials, int(settings.get("model_max_length", UNLIMITED))
 
     def save_pretrained(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -303,31 +299,29 @@ class XLMRobertaTokenizer(Tokenizer):
     tokenizer_class = "XLMRobertaTokenizer"
 
     @classmethod
-    def from_sentencepiece(cls, path: str | Path, model_max_length: int = 512) -> XLMRobertaTokenizer:
+    def from_sentencepiece(
+        cls, path: str | Path, specials: dict[str, str] = XLMR_SPECIALS, model_max_length: int = 512
+    ) -> XLMRobertaTokenizer:
+        """Build from a sentencepiece model (unk=0, bos=1, eos=2), shifted to fairseq's ids."""
         pieces, charsmap = read_sentencepiece(path)
-        return cls(
-            xlm_roberta_backend(fairseq_vocab(pieces), charsmap),
-            XLMR_SPECIALS,
-            model_max_length,
-            {SPIECE_FILE: Path(path)},
-        )
+        backend = xlm_roberta_backend(fairseq_vocab(pieces), charsmap)
+        return cls(backend, specials, model_max_length, {SPIECE_FILE: Path(path)})
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **hub: Any) -> XLMRobertaTokenizer:
-        settings = cls.read_settings(name_or_path, **hub)
-        specials = cls.special_tokens_from(settings, XLMR_SPECIALS)
-        max_length = int(settings.get("model_max_length", UNLIMITED))
+        specials, max_length = cls.read_settings(name_or_path, XLMR_SPECIALS, **hub)
         spm = checkpoint.resolve_file(name_or_path, SPIECE_FILE, required=False, **hub)
-        source = {SPIECE_FILE: spm} if spm is not None else {}
         tokenizer_json = checkpoint.resolve_file(name_or_path, TOKENIZER_FILE, required=False, **hub)
-        if tokenizer_json is not None:
-            spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-            vocab = [(piece, float(score)) for piece, score in spec["model"]["vocab"]]
-            return cls(xlm_roberta_backend(vocab, _precompiled_charsmap(spec)), specials, max_length, source)
-        if spm is None:
-            raise checkpoint.CheckpointNotFoundError(f"{name_or_path} has neither {TOKENIZER_FILE} nor {SPIECE_FILE}")
-        pieces, charsmap = read_sentencepiece(spm)
-        return cls(xlm_roberta_backend(fairseq_vocab(pieces), charsmap), specials, max_length, source)
+        if tokenizer_json is None:
+            if spm is None:
+                raise checkpoint.CheckpointNotFoundError(
+                    f"{name_or_path} has neither {TOKENIZER_FILE} nor {SPIECE_FILE}"
+                )
+            return cls.from_sentencepiece(spm, specials, max_length)
+        spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+        vocab = [(piece, float(score)) for piece, score in spec["model"]["vocab"]]
+        source = {SPIECE_FILE: spm} if spm is not None else {}
+        return cls(xlm_roberta_backend(vocab, _precompiled_charsmap(spec)), specials, max_length, source)
 
 
 def _precompiled_charsmap(spec: dict[str, Any]) -> bytes | None:
@@ -389,25 +383,17 @@ class CLIPTokenizer(Tokenizer):
     tokenizer_class = "CLIPTokenizer"
 
     @classmethod
-    def from_vocab_and_merges(
-        cls, vocab_path: str | Path, merges_path: str | Path, model_max_length: int = 77
-    ) -> CLIPTokenizer:
-        vocab, merges = BPE.read_file(str(vocab_path), str(merges_path))
-        return cls(clip_backend(vocab, merges, CLIP_SPECIALS), CLIP_SPECIALS, model_max_length)
-
-    @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **hub: Any) -> CLIPTokenizer:
-        settings = cls.read_settings(name_or_path, **hub)
-        specials = cls.special_tokens_from(settings, CLIP_SPECIALS)
-        max_length = int(settings.get("model_max_length", UNLIMITED))
+        specials, max_length = cls.read_settings(name_or_path, CLIP_SPECIALS, **hub)
         tokenizer_json = checkpoint.resolve_file(name_or_path, TOKENIZER_FILE, required=False, **hub)
         if tokenizer_json is not None:
             model = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]
+            vocab = model["vocab"]
             merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-            return cls(clip_backend(model["vocab"], merges, specials), specials, max_length)
-        vocab_path = checkpoint.resolve_file(name_or_path, VOCAB_FILE, **hub)
-        merges_path = checkpoint.resolve_file(name_or_path, MERGES_FILE, **hub)
-        vocab, merges = BPE.read_file(str(vocab_path), str(merges_path))
+        else:
+            vocab_path = checkpoint.resolve_file(name_or_path, VOCAB_FILE, **hub)
+            merges_path = checkpoint.resolve_file(name_or_path, MERGES_FILE, **hub)
+            vocab, merges = BPE.read_file(str(vocab_path), str(merges_path))
         return cls(clip_backend(vocab, merges, specials), specials, max_length)
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
