@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tokenizers import Tokenizer as Backend
 from tokenizers import trainers
 
+import altclip
+from altclip.image import CLIPImageProcessor
 from altclip.tokenization import clip_backend
 
 warnings.filterwarnings("ignore", message=".*sdpa.*")
@@ -285,3 +291,102 @@ def clip_folder(tmp_path_factory, corpus) -> Path:
         json.dumps({"model_max_length": 77, "tokenizer_class": "CLIPTokenizer"})
     )
     return folder
+
+
+def tiny_checkpoint(folder: Path, tokenizer_folder: Path, family: str) -> Path:
+    """A random-weight model, the trained tokenizer and a 32px preprocessor config, in one folder."""
+    tokenizer = (altclip.XLMRobertaTokenizer if family == "altclip" else altclip.CLIPTokenizer).from_pretrained(
+        tokenizer_folder
+    )
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
+    torch.manual_seed(0)
+    if family == "altclip":
+        config = {"text_config": {**text, "project_dim": 24}, "vision_config": vision, "projection_dim": 16}
+        model = altclip.AltCLIPModel(altclip.AltCLIPConfig.from_dict(config))
+    else:
+        special_ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+        config = {"text_config": {**text, **special_ids}, "vision_config": vision, "projection_dim": 16}
+        model = altclip.CLIPModel(altclip.CLIPConfig.from_dict(config))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def altclip_checkpoint(tmp_path_factory, xlmr_folder) -> Path:
+    """A complete tiny AltCLIP folder: random weights, a trained tokenizer, 32px preprocessing."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("altclip-checkpoint") / "model", xlmr_folder, "altclip")
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint(tmp_path_factory, clip_folder) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("clip-checkpoint") / "model", clip_folder, "clip")
+
+
+# Image folders: good images of many shapes and modes, and broken files of every kind.
+BROKEN = {
+    "empty.jpg": "empty",
+    "notes.txt": "not_image",
+    "cut.png": "truncated",
+    "bomb.png": "bomb",
+    "fake.jpg": "unreadable",  # a JPEG signature over garbage: Pillow knows the format, fails to decode
+}
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png() -> bytes:
+    """A valid PNG header claiming 30000 x 30000 pixels: Pillow refuses it before decoding anything."""
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def make_image_folder(root: Path, good: int, seed: int = 0, broken: bool = True) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "nested" / "deeper").mkdir(parents=True, exist_ok=True)
+    for i in range(good):
+        h, w = int(rng.integers(12, 80)), int(rng.integers(12, 80))
+        pixels = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        image = Image.fromarray(pixels)
+        if i % 5 == 1:
+            image = image.convert("L")
+        elif i % 5 == 2:
+            image = image.convert("RGBA")
+        folder = root / ("nested" if i % 4 == 0 else "nested/deeper" if i % 7 == 0 else "")
+        image.save(folder / f"img{i:03d}.{'png' if i % 2 or image.mode == 'RGBA' else 'jpg'}")
+    if broken:
+        first_png = next(root.rglob("*.png")).read_bytes()
+        (root / "empty.jpg").write_bytes(b"")
+        (root / "notes.txt").write_text("a text file, not an image")
+        (root / "cut.png").write_bytes(first_png[: len(first_png) // 2])
+        (root / "bomb.png").write_bytes(bomb_png())
+        (root / "nested" / "fake.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+        (root / ".hidden.png").write_bytes(first_png)  # hidden entries are not part of a collection
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("images"), good=30)

@@ -13,7 +13,7 @@ import torch
 import transformers
 from PIL import Image
 
-from altclip.image import CLIPImageProcessor, load_image
+from altclip.image import CLIPImageProcessor, ImageLoadError, load_image
 
 PHOTOS = sorted(p for p in (Path(skimage.__file__).parent / "data").iterdir() if p.suffix in {".png", ".jpg", ".gif"})
 RNG = np.random.default_rng(0)
@@ -119,8 +119,18 @@ def test_exif_orientation_is_applied_to_files(tmp_path):
 
 def test_bad_images_are_named(tmp_path, monkeypatch):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match=r"broken\.jpg: not a readable image"):
+    with pytest.raises(ImageLoadError, match=r"broken\.jpg: not an image") as err:
         ours(tmp_path / "broken.jpg")
+    assert err.value.kind == "not_image"
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="zero-byte"):
+        ours(tmp_path / "empty.png")
+    good = io.BytesIO()
+    Image.fromarray((RNG.random((64, 64, 3)) * 255).astype(np.uint8)).save(good, format="JPEG")
+    (tmp_path / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    with pytest.raises(ImageLoadError) as err:
+        ours(tmp_path / "truncated.jpg")
+    assert err.value.kind == "truncated"
     with pytest.raises(ValueError, match=r"images\[1\]: expected a PIL image"):
         CLIPImageProcessor()([np.zeros((4, 4, 3), np.uint8), 42])
     with pytest.raises(ValueError, match="channel axis"):
@@ -129,8 +139,9 @@ def test_bad_images_are_named(tmp_path, monkeypatch):
         ours(np.full((5, 5, 3), 3.5, np.float32))
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's limit, made small: 4096 > 2 x 1000
-    with pytest.raises(ValueError, match="decompression bomb"):
+    with pytest.raises(ImageLoadError, match="decompression bomb") as err:
         ours(tmp_path / "big.png")
+    assert err.value.kind == "bomb"
 
 
 def test_config_files_round_trip_with_transformers(tmp_path):

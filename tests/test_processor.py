@@ -13,43 +13,9 @@ from PIL import Image
 
 import altclip
 from altclip.image import CLIPImageProcessor
-from tests.conftest import assert_close
+from tests.conftest import assert_close, tiny_checkpoint
 
 CAT = Path(skimage.__file__).parent / "data" / "chelsea.png"  # a photograph of a cat
-
-
-def tiny_checkpoint(folder: Path, tokenizer_folder: Path, family: str) -> Path:
-    """A random-weight model, the trained tokenizer and a 32px preprocessor config, in one folder."""
-    tokenizer = (altclip.XLMRobertaTokenizer if family == "altclip" else altclip.CLIPTokenizer).from_pretrained(
-        tokenizer_folder
-    )
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 32,
-        "patch_size": 8,
-    }
-    text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-    }
-    torch.manual_seed(0)
-    if family == "altclip":
-        config = {"text_config": {**text, "project_dim": 24}, "vision_config": vision, "projection_dim": 16}
-        model = altclip.AltCLIPModel(altclip.AltCLIPConfig.from_dict(config))
-    else:
-        special_ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
-        config = {"text_config": {**text, **special_ids}, "vision_config": vision, "projection_dim": 16}
-        model = altclip.CLIPModel(altclip.CLIPConfig.from_dict(config))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("family", ["altclip", "clip"])

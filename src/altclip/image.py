@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from altclip import checkpoint
 
@@ -29,16 +29,37 @@ PREPROCESSOR_NAME = "preprocessor_config.json"
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | Path
 
 
+class ImageLoadError(ValueError):
+    """A file that is not a usable image; ``kind`` says why, for reports that count failures."""
+
+    def __init__(self, path: str | Path, kind: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.kind = kind
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file and apply its EXIF orientation. Pillow's decompression-bomb check stays on."""
+    """Open an image file and apply its EXIF orientation. Pillow's decompression-bomb check stays on.
+
+    Raises ``ImageLoadError`` with ``kind`` one of missing, empty, not_image, truncated, bomb, unreadable.
+    """
+    path = Path(path)
     try:
+        if path.stat().st_size == 0:
+            raise ImageLoadError(path, "empty", "zero-byte file")
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
             image.load()
+    except ImageLoadError:
+        raise
+    except FileNotFoundError as err:
+        raise ImageLoadError(path, "missing", "no such file") from err
     except Image.DecompressionBombError as err:
-        raise ValueError(f"{path}: refused as a possible decompression bomb ({err})") from err
+        raise ImageLoadError(path, "bomb", f"refused as a possible decompression bomb ({err})") from err
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(path, "not_image", "not an image Pillow can read") from err
     except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from err
+        kind = "truncated" if "truncated" in str(err) else "unreadable"
+        raise ImageLoadError(path, kind, f"not a readable image ({err})") from err
     return image
 
 

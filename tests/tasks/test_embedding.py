@@ -1,0 +1,96 @@
+"""The Embedder against direct model calls, prompt ensembles against a naive reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from altclip.models import normalize
+from altclip.tasks import Embedder
+from altclip.tasks.zeroshot import TEMPLATES
+
+TEXTS = [
+    "a photo of a cat",
+    "一张狗的照片",
+    "猫",
+    "una foto de un perro muy grande en el parque",
+    "",
+    "고양이 사진",
+    "صورة قطة",
+    "a much longer caption about a red apple lying on a wooden kitchen table",
+]
+
+
+def direct_text(embedder: Embedder, texts) -> torch.Tensor:
+    inputs = embedder.processor(text=list(texts), padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return normalize(embedder.model.get_text_features(inputs["input_ids"], inputs["attention_mask"]))
+
+
+def direct_images(embedder: Embedder, images) -> torch.Tensor:
+    inputs = embedder.processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        return normalize(embedder.model.get_image_features(inputs["pixel_values"]))
+
+
+@pytest.mark.parametrize("family", ["altclip", "clip"])
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_embeddings_equal_direct_model_calls(request, image_folder, family, batch_size):
+    embedder = Embedder.from_pretrained(request.getfixturevalue(f"{family}_checkpoint"), batch_size=batch_size)
+    torch.testing.assert_close(embedder.embed_texts(TEXTS), direct_text(embedder, TEXTS), atol=1e-6, rtol=0)
+    paths = sorted(image_folder.glob("img*"))[:5]
+    images = [Image.open(p) for p in paths]
+    torch.testing.assert_close(embedder.embed_images(paths), direct_images(embedder, images), atol=1e-6, rtol=0)
+    similarity = embedder.similarity(paths, TEXTS)
+    assert similarity.shape == (5, len(TEXTS))
+    torch.testing.assert_close(
+        similarity, direct_images(embedder, images) @ direct_text(embedder, TEXTS).t(), atol=1e-5, rtol=0
+    )
+    assert embedder.embed_texts(TEXTS).norm(dim=-1).sub(1).abs().max() < 1e-5
+
+
+def test_dtype_and_device(altclip_checkpoint):
+    embedder = Embedder.from_pretrained(altclip_checkpoint, dtype="bfloat16", device="cpu")
+    vectors = embedder.embed_texts(["a cat"])
+    assert vectors.dtype == torch.bfloat16 and vectors.device.type == "cpu"
+
+
+def test_classify_is_a_prompt_ensemble(altclip_checkpoint, image_folder):
+    embedder = Embedder.from_pretrained(altclip_checkpoint)
+    labels = ["猫", "狗", "鸟"]
+    paths = sorted(image_folder.glob("img*"))[:3]
+    probs = embedder.classify(paths, labels, lang="zh")
+    # naive reference: every prompt on its own, averaged per class by hand
+    classes = []
+    for label in labels:
+        prompts = direct_text(embedder, [t.format(label) for t in TEMPLATES["zh"]])
+        classes.append(normalize(prompts.mean(dim=0, keepdim=True))[0])
+    logits = embedder.logit_scale * direct_images(embedder, [Image.open(p) for p in paths]) @ torch.stack(classes).t()
+    torch.testing.assert_close(probs, logits.softmax(dim=-1), atol=1e-5, rtol=0)
+    assert probs.shape == (3, 3) and torch.allclose(probs.sum(-1), torch.ones(3))
+
+
+def test_class_embeddings_are_computed_once(altclip_checkpoint, image_folder, monkeypatch):
+    embedder = Embedder.from_pretrained(altclip_checkpoint)
+    calls = []
+    original = embedder.embed_texts
+    monkeypatch.setattr(embedder, "embed_texts", lambda texts: calls.append(len(texts)) or original(texts))
+    paths = sorted(image_folder.glob("img*"))[:2]
+    first = embedder.classify(paths, ["cat", "dog"], templates=["a photo of a {}", "a {}"])
+    second = embedder.classify(paths[:1], ["cat", "dog"], templates=["a photo of a {}", "a {}"])
+    assert calls == [4] and torch.equal(first[:1], second)
+    embedder.classify(paths, ["cat", "bird"], templates=["a {}"])
+    assert calls == [4, 2]
+
+
+def test_bad_arguments(altclip_checkpoint):
+    embedder = Embedder.from_pretrained(altclip_checkpoint)
+    with pytest.raises(ValueError, match="labels is empty"):
+        embedder.classify([Image.new("RGB", (8, 8))], [])
+    with pytest.raises(ValueError, match="no built-in templates for language 'xx'"):
+        embedder.classify([Image.new("RGB", (8, 8))], ["a"], lang="xx")
+    with pytest.raises(ValueError, match="texts is empty"):
+        embedder.embed_texts([])
+    with pytest.raises(ValueError, match="batch_size"):
+        Embedder(embedder.model, embedder.processor, batch_size=0)

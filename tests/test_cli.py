@@ -1,0 +1,121 @@
+"""The altclip command: tables and JSON equal to direct calls, help with examples, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from altclip.cli import build_parser, display_width, format_table, main
+from altclip.tasks import Embedder
+from altclip.tasks.collection import Collection
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_every_command_with_an_example():
+    result = subprocess.run([sys.executable, "-m", "altclip.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("classify", "similarity", "embed", "index", "search"):
+        assert command in result.stdout and f"altclip {command}" in result.stdout
+        sub = build_parser()._subparsers._group_actions[0].choices[command]
+        assert f"altclip {command}" in sub.format_help()
+
+
+def test_classify_table_and_json_equal_direct_calls(capsys, altclip_checkpoint, image_folder):
+    images = [str(p) for p in sorted(image_folder.glob("img*"))[:2]]
+    labels = ["猫", "狗", "鸟"]
+    expected = Embedder.from_pretrained(altclip_checkpoint).classify(images, labels, lang="zh")
+    code, out, _ = run(
+        capsys, "classify", *images, "--labels", *labels, "--lang", "zh", "--model", str(altclip_checkpoint), "--json"
+    )
+    assert code == 0
+    for result, row in zip(json.loads(out), expected, strict=True):
+        got = {p["label"]: p["probability"] for p in result["predictions"]}
+        assert got == pytest.approx({label: float(p) for label, p in zip(labels, row, strict=True)}, abs=1e-6)
+    code, out, _ = run(
+        capsys,
+        "classify",
+        images[0],
+        "--labels",
+        *labels,
+        "--template",
+        "一张{}的照片",
+        "--model",
+        str(altclip_checkpoint),
+        "--top-k",
+        "2",
+    )
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["image", "rank", "label", "probability"] and len(lines) == 4
+
+
+def test_similarity_json_equals_direct_calls(capsys, clip_checkpoint, image_folder):
+    images = [str(p) for p in sorted(image_folder.glob("img*"))[:3]]
+    texts = ["a cat", "a dog"]
+    code, out, _ = run(
+        capsys, "similarity", "--image", *images, "--text", *texts, "--model", str(clip_checkpoint), "--json"
+    )
+    expected = Embedder.from_pretrained(clip_checkpoint).similarity(images, texts)
+    assert code == 0
+    np.testing.assert_allclose(json.loads(out)["cosine"], expected.numpy(), atol=1e-6)
+
+
+def test_embed_index_search(capsys, tmp_path, altclip_checkpoint, image_folder):
+    out_dir = tmp_path / "emb"
+    model = str(altclip_checkpoint)
+    code, out, _ = run(
+        capsys,
+        "embed",
+        str(image_folder),
+        "--out",
+        str(out_dir),
+        "--model",
+        model,
+        "--workers",
+        "0",
+        "--shard-size",
+        "8",
+    )
+    assert code == 0 and "skipped 5 files" in out and "flat_ip over 30 images" in out
+    code, out, _ = run(capsys, "search", str(out_dir), "--text", "一只猫", "-k", "3", "--json")
+    hits = json.loads(out)
+    query = Embedder.from_pretrained(model).embed_texts(["一只猫"])[0].numpy()
+    collection = Collection.open(out_dir)
+    scores = collection.embeddings().astype(np.float32) @ query
+    best = np.argsort(-scores)[:3]
+    assert code == 0 and [h["path"] for h in hits] == [collection.ok_paths()[i] for i in best]
+    image = collection.ok_paths()[4]
+    code, out, _ = run(capsys, "search", str(out_dir), "--image", image, "-k", "1")
+    assert code == 0 and image in out.splitlines()[2]
+    code, out, _ = run(capsys, "index", str(out_dir), "--exact-max", "10", "--json")
+    assert code == 0 and json.loads(out)["type"] == "hnsw_flat_ip"
+
+
+def test_errors_are_one_clear_line(capsys, tmp_path, altclip_checkpoint):
+    code, _, err = run(capsys, "classify", "x.jpg", "--labels", "a", "--model", str(tmp_path / "absent"))
+    assert code == 1 and "absent is not a folder" in err
+    code, _, err = run(
+        capsys, "classify", str(tmp_path / "no.jpg"), "--labels", "a", "--model", str(altclip_checkpoint)
+    )
+    assert code == 1 and "no.jpg: no such file" in err
+    code, _, err = run(capsys, "search", str(tmp_path), "--text", "a")
+    assert code == 1 and "not an embedding folder" in err
+    with pytest.raises(SystemExit):
+        main(["search", str(tmp_path)])  # neither --text nor --image
+
+
+def test_tables_line_up_wide_characters():
+    lines = format_table(["label", "p"], [("猫", 0.5), ("cat", 0.25)]).splitlines()
+
+    def column(line: str, text: str) -> int:  # display column, counting wide characters as two
+        return display_width(line[: line.index(text)])
+
+    assert column(lines[2], "0.5000") == column(lines[3], "0.2500") == column(lines[0], "p") == len("label") + 2
