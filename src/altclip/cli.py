@@ -18,6 +18,10 @@ examples:
   altclip index ~/photos.emb --exact-max 100000
   altclip search ~/photos.emb --text "夕阳下的海滩" -k 5
   altclip search ~/photos.emb --image query.jpg --json
+  altclip init --clip openai/clip-vit-large-patch14 --text FacebookAI/xlm-roberta-large --out student
+  altclip train distill --teacher openai/clip-vit-large-patch14 --student student --data parallel.tsv --out run1
+  altclip train contrastive --model run1/model --data pairs.jsonl --out run2 --precision bf16
+  torchrun --nproc_per_node 8 -m altclip.cli train contrastive --model run1/model --data pairs.jsonl --out run2
 
 Models are hub names (default BAAI/AltCLIP, read from the Hugging Face cache; HF_HUB_OFFLINE=1 is
 honoured) or local folders written by save_pretrained.
@@ -156,6 +160,61 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from altclip.train.student import build_student
+
+    out = build_student(args.clip, args.text, args.out, tokenizer=args.tokenizer)
+    emit(args, {"out": str(out)}, ["student"], [(str(out),)])
+    return 0
+
+
+def training_config(args: argparse.Namespace):
+    from altclip.train.loop import TrainConfig
+
+    return TrainConfig(
+        out=args.out,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        accumulate=args.accumulate,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        min_lr_ratio=args.min_lr_ratio,
+        clip_grad=args.clip_grad or None,
+        precision=args.precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        seed=args.seed,
+        save_every=args.save_every,
+        keep=args.keep,
+        resume=args.resume,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.json,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from altclip.train.loop import Trainer
+    from altclip.train.phases import contrastive_phase, distillation_phase
+
+    if args.phase == "distill":
+        phase = distillation_phase(args.teacher, args.student, args.data)
+    else:
+        phase = contrastive_phase(args.model, args.data, freeze_vision=not args.unfreeze_vision)
+    trainer = Trainer(phase, training_config(args))
+    summary = trainer.fit()
+    if trainer.rank == 0:
+        rows = [
+            ("steps", summary["steps"]),
+            ("model", summary["model"]),
+            ("log", str(trainer.log_path)),
+            *((f"skipped ({k})", v) for k, v in sorted(summary["skipped"].items())),
+        ]
+        emit(args, summary, ["", ""], rows)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------------
 
 
@@ -235,6 +294,81 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--image")
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser(
+        "init",
+        help="build the starting AltCLIP from a CLIP teacher and an XLM-R text tower",
+        description=cmd_init.__doc__ or "build the starting AltCLIP from CLIP and XLM-R",
+        epilog="example:\n  altclip init --clip openai/clip-vit-large-patch14 "
+        "--text FacebookAI/xlm-roberta-large --out student",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--clip", required=True, help="the CLIP teacher (hub name or folder)")
+    p.add_argument("--text", required=True, help="an XLM-R checkpoint, or a folder with only its config.json")
+    p.add_argument("--tokenizer", help="where the XLM-R tokenizer is, if not beside --text")
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_init)
+
+    training = argparse.ArgumentParser(add_help=False)
+    g = training.add_argument_group("training")
+    g.add_argument("--data", required=True)
+    g.add_argument("--out", required=True, help="run folder: checkpoints/, log.jsonl and the final model/")
+    g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs over the data)")
+    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument("--batch-size", type=int, default=32, help="per process and micro-batch")
+    g.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--warmup", type=int, default=0, help="linear warm-up steps before the cosine decay")
+    g.add_argument("--min-lr-ratio", type=float, default=0.0)
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: only at the end)")
+    g.add_argument("--keep", type=int, default=2, help="checkpoints kept")
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    g.add_argument("--workers", type=int, default=0, help="data loading processes")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--json", action="store_true")
+
+    train = sub.add_parser(
+        "train",
+        help="train AltCLIP: phase 1 (distill) or phase 2 (contrastive)",
+        description="train AltCLIP: phase 1 (distill) or phase 2 (contrastive)",
+    )
+    phases = train.add_subparsers(dest="phase", required=True, metavar="PHASE")
+    p = phases.add_parser(
+        "distill",
+        parents=[training],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="phase 1: distil CLIP's text tower into the student on parallel text (TSV or JSONL: src, tgt, lang)",
+        description="Phase 1: the student's pooled text vector (token 0 after pre_LN and transformation) is pulled "
+        "to the teacher's (EOS after the final LayerNorm) by MSE, for the English and the translated side.",
+        epilog="example:\n  altclip train distill --teacher openai/clip-vit-large-patch14 --student student \\\n"
+        "      --data parallel.tsv --out run1 --steps 20000 --batch-size 64 --lr 1e-4 --warmup 500 \\\n"
+        "      --precision bf16 --save-every 1000\n"
+        "  torchrun --nproc_per_node 4 -m altclip.cli train distill ... (same arguments)\n"
+        "  altclip train distill ... --resume    # after an interruption",
+    )
+    p.add_argument("--teacher", required=True, help="the CLIP teacher")
+    p.add_argument("--student", required=True, help="the AltCLIP student (from `altclip init`)")
+    p.set_defaults(run=cmd_train)
+    p = phases.add_parser(
+        "contrastive",
+        parents=[training],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="phase 2: symmetric InfoNCE on image-text pairs (JSONL or CSV: image, caption, lang)",
+        description="Phase 2: the text tower learns against the frozen image tower with CLIP's symmetric InfoNCE and "
+        "learned logit scale; features are gathered across processes so negatives span the global batch.",
+        epilog="example:\n  altclip train contrastive --model run1/model --data pairs.jsonl --out run2 \\\n"
+        "      --steps 5000 --batch-size 128 --lr 2e-5 --warmup 200 --precision bf16 --workers 4\n"
+        "  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-endpoint HOST:29500 -m altclip.cli train contrastive ...",
+    )
+    p.add_argument("--model", required=True, help="the AltCLIP (or CLIP) model to train")
+    p.add_argument("--unfreeze-vision", action="store_true", help="train the image tower too")
+    p.set_defaults(run=cmd_train)
     return parser
 
 
@@ -246,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except (ValueError, FileNotFoundError, CheckpointNotFoundError, ImportError) as err:
         print(f"altclip {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\naltclip {args.command}: interrupted", file=sys.stderr)
+        return 130
         return 1
 
 

@@ -1,0 +1,364 @@
+"""The training loop shared by both phases: one process or many (torchrun), exact resumption.
+
+* AdamW (weight decay on matrices only), linear warm-up then cosine decay, gradient clipping, gradient
+  accumulation, mixed precision (bf16 autocast anywhere; fp16 with a gradient scaler on CUDA), gradient
+  checkpointing, one seed for everything.
+* Several processes: started by ``torchrun``, joined with gloo on CPU or NCCL on GPU, wrapped in
+  ``DistributedDataParallel``. ``batch_size`` is per process; the global batch of a step is
+  ``batch_size * processes * accumulate``.
+* Checkpoints (``checkpoints/step-NNNNNN``: weights, optimizer, schedule, scaler, RNG and data position)
+  are written into a temporary folder and renamed into place. ``resume=True`` continues from the newest:
+  the steps after it give the same losses as an uninterrupted run.
+* Each step's loss, learning rate and throughput go to the progress bar and to ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from altclip import checkpoint
+from altclip.models import PreTrainedModel
+from altclip.tasks.embedding import resolve_device
+from altclip.train.data import micro_batch_indices
+from altclip.train.objectives import trainable_parameters
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    out: Path
+    steps: int | None = None  # optimizer steps in all; None: epochs * steps per epoch
+    epochs: int = 1
+    batch_size: int = 32  # per process, per micro-batch
+    accumulate: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: int = 0
+    min_lr_ratio: float = 0.0
+    clip_grad: float | None = 1.0
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = 0  # steps between checkpoints; 0: only the last one
+    keep: int = 2  # checkpoints kept
+    resume: bool = False
+    workers: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("batch_size", "accumulate", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+
+
+@dataclass
+class Phase:
+    """What a training phase hands the loop."""
+
+    objective: nn.Module  # forward(batch) -> loss
+    model: PreTrainedModel  # the model that trains and is checkpointed
+    dataset: Dataset
+    collate: Callable[[list[Any]], dict[str, Any]]  # may list what it dropped under "skipped"
+    export: Callable[[Path], None]  # writes the final Hugging Face folder
+    skipped: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0  # micro-batches of this epoch already consumed
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from 1 to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def distributed_setup(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, resolve_device(device_name)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+    return rank, world, torch.device("cuda", local) if cuda else torch.device("cpu")
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    folder = out / "checkpoints"
+    return sorted(p for p in folder.glob("step-*") if p.is_dir()) if folder.is_dir() else []
+
+
+class Trainer:
+    def __init__(self, phase: Phase, config: TrainConfig) -> None:
+        self.phase, self.config = phase, config
+        self.rank, self.world, self.device = distributed_setup(config.device)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 training needs a GPU (its gradient scaler is CUDA-only); use bf16 on CPU")
+        if config.gradient_checkpointing:
+            phase.model.gradient_checkpointing_enable()
+        phase.objective.to(self.device).train()
+        self.module: nn.Module = phase.objective
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.module = DistributedDataParallel(phase.objective, device_ids=ids)
+        params = trainable_parameters(phase.objective)
+        if not params:
+            raise ValueError("nothing to train: every parameter of the objective is frozen")
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        self.steps_per_epoch = len(self._epoch_batches(0)) // config.accumulate
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(phase.dataset)} examples make no step of {config.batch_size * self.world * config.accumulate}"
+            )
+        self.total = config.steps or config.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config.warmup, self.total, config.min_lr_ratio)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.progress = Progress()
+        self._saved_step = -1
+        if config.resume:
+            self._resume()
+
+    # -- data -------------------------------------------------------------------------------------
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        c = self.config
+        batches = micro_batch_indices(len(self.phase.dataset), c.batch_size, self.world, self.rank, c.seed, epoch)
+        return batches[: len(batches) // c.accumulate * c.accumulate]
+
+    def _loader(self) -> DataLoader:
+        batches = self._epoch_batches(self.progress.epoch)[self.progress.micro :]
+        # its own generator: worker seeds must not draw from the global RNG, which dropout replays on resume
+        generator = torch.Generator().manual_seed(self.config.seed + self.progress.epoch)
+        return DataLoader(
+            self.phase.dataset,
+            batch_sampler=batches,
+            collate_fn=self.phase.collate,
+            num_workers=self.config.workers,
+            generator=generator,
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        target = self.config.out / "checkpoints" / f"step-{self.progress.step:06d}"
+        self._saved_step = self.progress.step
+        if self.rank == 0:
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            checkpoint.save_weights(self.phase.model.state_dict(), tmp)
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": _rng_state(),
+            }
+            torch.save(state, tmp / "training_state.pt")
+            info = {
+                **asdict(self.progress),
+                "skipped": dict(self.phase.skipped),
+                "world_size": self.world,
+                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
+            }
+            (tmp / "trainer.json").write_text(json.dumps(info, indent=2) + "\n")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+            for old in checkpoint_dirs(self.config.out)[: -self.config.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.world > 1:
+            dist.barrier()
+        return target
+
+    def _resume(self) -> None:
+        found = checkpoint_dirs(self.config.out)
+        if not found:
+            return  # nothing yet: start from the beginning
+        latest = found[-1]
+        info = json.loads((latest / "trainer.json").read_text())
+        if info["world_size"] != self.world:
+            raise ValueError(
+                f"{latest} was written by {info['world_size']} processes, not {self.world}; "
+                "resume with the same number so the data order is the same"
+            )
+        state_dict = checkpoint.load_state_dict([latest / checkpoint.SAFE_WEIGHTS])
+        self.phase.model.load_state_dict(state_dict, strict=True)
+        state = torch.load(latest / "training_state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.progress = Progress(info["step"], info["epoch"], info["micro"])
+        self.phase.skipped.update(info["skipped"])
+        self._trim_log(self.progress.step)
+
+    # -- log --------------------------------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        return self.config.out / "log.jsonl"
+
+    def _trim_log(self, step: int) -> None:
+        """Drop log lines past the checkpoint being resumed: those steps run again."""
+        if self.rank != 0 or not self.log_path.exists():
+            return
+        kept = [line for line in self.log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        checkpoint.atomic_write_bytes(self.log_path, "".join(f"{line}\n" for line in kept).encode())
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            with self.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def fit(self, on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+        c = self.config
+        c.out.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(
+            total=self.total,
+            initial=self.progress.step,
+            desc="training",
+            unit="step",
+            disable=not c.progress or self.rank != 0,
+            dynamic_ncols=True,
+        )
+        samples_per_step = c.batch_size * self.world * c.accumulate
+        losses: list[float] = []
+        started = time.perf_counter()
+        try:
+            while self.progress.step < self.total:
+                for batch in self._loader():
+                    self.phase.skipped.update(batch.pop("skipped", []))
+                    if batch.get("size") == 0 and self.world == 1:  # every image of the batch was unreadable
+                        self.progress.micro += 1
+                        continue
+                    sync = (self.progress.micro + 1) % c.accumulate == 0
+                    no_sync = self.module.no_sync if self.world > 1 and not sync else contextlib.nullcontext
+                    with no_sync(), self._autocast():
+                        loss = self.module(self._to_device(batch))
+                    with no_sync():
+                        self.scaler.scale(loss / c.accumulate).backward()
+                    losses.append(float(loss.detach()))
+                    self.progress.micro += 1
+                    if not sync:
+                        continue
+                    self._optimizer_step()
+                    mean_loss = self._mean_across_processes(sum(losses) / len(losses))
+                    elapsed, started = time.perf_counter() - started, time.perf_counter()
+                    record = {
+                        "step": self.progress.step,
+                        "epoch": self.progress.epoch,
+                        "loss": mean_loss,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "samples_per_s": samples_per_step / elapsed,
+                        "skipped": sum(self.phase.skipped.values()),
+                    }
+                    self._log(record)
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", rate=f"{record['samples_per_s']:.1f}/s"
+                    )
+                    losses = []
+                    if c.save_every and self.progress.step % c.save_every == 0:
+                        self.save()
+                    if on_step is not None:
+                        on_step(self.progress.step, mean_loss)
+                    if self.progress.step >= self.total:
+                        break
+                else:
+                    self.progress.epoch, self.progress.micro = self.progress.epoch + 1, 0
+        finally:
+            bar.close()
+        if self._saved_step != self.progress.step:
+            self.save()
+        if self.rank == 0:
+            self.phase.export(c.out / "model")
+        if self.world > 1:
+            dist.barrier()
+        return {
+            "steps": self.progress.step,
+            "epochs_started": self.progress.epoch + 1,
+            "skipped": dict(self.phase.skipped),
+            "model": str(c.out / "model"),
+        }
+
+    def _optimizer_step(self) -> None:
+        if self.config.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable_parameters(self.phase.objective), self.config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.progress.step += 1
+
+    def _mean_across_processes(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return float(tensor) / self.world
