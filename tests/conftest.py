@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tokenizers import Tokenizer as Backend
 from tokenizers import trainers
 
@@ -390,3 +390,51 @@ def make_image_folder(root: Path, good: int, seed: int = 0, broken: bool = True)
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("images"), good=30)
+
+
+# Image-text pairs: coloured shapes with English and Chinese captions.
+COLOURS = {
+    "red": ("红色", (220, 30, 30)),
+    "green": ("绿色", (30, 180, 60)),
+    "blue": ("蓝色", (40, 60, 220)),
+    "yellow": ("黄色", (230, 210, 30)),
+}
+SHAPES = {"circle": "圆形", "square": "方形", "triangle": "三角形"}
+
+
+def draw(colour: tuple[int, int, int], shape: str, size: int = 32) -> Image.Image:
+    image = Image.new("RGB", (size, size), "white")
+    box = (6, 6, size - 6, size - 6)
+    pen = ImageDraw.Draw(image)
+    if shape == "circle":
+        pen.ellipse(box, fill=colour)
+    elif shape == "square":
+        pen.rectangle(box, fill=colour)
+    else:
+        pen.polygon([(size // 2, 4), (4, size - 4), (size - 4, size - 4)], fill=colour)
+    return image
+
+
+@pytest.fixture(scope="session")
+def pairs_jsonl(tmp_path_factory) -> Path:
+    """Coloured shapes with English and Chinese captions, plus a broken image, an empty caption, a bad line."""
+    folder = tmp_path_factory.mktemp("pairs")
+    records = []
+    for colour, (zh_colour, rgb) in COLOURS.items():
+        for shape, zh_shape in SHAPES.items():
+            name = f"{colour}-{shape}.png"
+            draw(rgb, shape).save(folder / name)
+            records += [
+                {"image": name, "caption": f"a {colour} {shape}", "lang": "en"},
+                {"image": name, "caption": f"{zh_colour}{zh_shape}", "lang": "zh"},
+            ]
+    (folder / "broken.png").write_bytes(b"not a png")
+    lines = [json.dumps(r, ensure_ascii=False) for r in records * 2]
+    lines += [
+        json.dumps({"image": "broken.png", "caption": "a broken picture"}),
+        json.dumps({"image": "red-circle.png", "caption": "  "}),
+        "{not json",
+    ]
+    path = folder / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

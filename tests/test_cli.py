@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from altclip.cli import build_parser, display_width, format_table, main
+from altclip.cli import build_parser, main
+from altclip.tables import display_width, format_table
 from altclip.tasks import Embedder
 from altclip.tasks.collection import Collection
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from altclip.tables import format_table
 
 EXAMPLES = """\
 examples:
@@ -18,6 +20,8 @@ examples:
   altclip index ~/photos.emb --exact-max 100000
   altclip search ~/photos.emb --text "夕阳下的海滩" -k 5
   altclip search ~/photos.emb --image query.jpg --json
+  altclip eval retrieval --data flickr30k-cn.jsonl --report report/
+  altclip eval zeroshot --data imagenet-val --classnames names_zh.txt --lang zh
   altclip init --clip openai/clip-vit-large-patch14 --text FacebookAI/xlm-roberta-large --out student
   altclip train distill --teacher openai/clip-vit-large-patch14 --student student --data parallel.tsv --out run1
   altclip train contrastive --model run1/model --data pairs.jsonl --out run2 --precision bf16
@@ -29,23 +33,6 @@ honoured) or local folders written by save_pretrained.
 
 
 # -- output -----------------------------------------------------------------------------------------
-
-
-def display_width(text: str) -> int:
-    """Columns a string takes in a terminal: East Asian wide characters count two, combining marks none."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1 for ch in text)
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table whose columns line up with wide (CJK) characters too."""
-    cells = [[str(h) for h in headers]] + [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
-    widths = [max(display_width(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(cell + " " * (w - display_width(cell)) for cell, w in zip(row, widths, strict=True)).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
 def emit(args: argparse.Namespace, data: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -157,6 +144,51 @@ def cmd_search(args: argparse.Namespace) -> int:
         ["rank", "score", "path"],
         [(h.rank, h.score, h.path) for h in hits],
     )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    embedder = load_embedder(args)
+    name = args.model or "BAAI/AltCLIP"
+    if args.task == "retrieval":
+        from altclip.evaluate.report import ReportRow, paper_table, write_report
+        from altclip.evaluate.retrieval import evaluate_pairs
+
+        scores, skipped = evaluate_pairs(
+            embedder, args.data, chunk=args.chunk, workers=args.workers, progress=not args.json
+        )
+        rows = [ReportRow(lang, args.method or Path(name).name, s) for lang, s in scores.items()]
+        if args.report:
+            write_report(rows, args.report, title=f"{Path(args.data).name}: {name}")
+        if args.json:
+            results = {"results": [r.to_dict() for r in rows], "skipped": skipped}
+            print(json.dumps(results, ensure_ascii=False, indent=2))
+        else:
+            print(paper_table(rows))
+            if skipped:
+                print("\nskipped: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
+        return 0
+    from altclip.evaluate.zeroshot import evaluate_zeroshot, read_classnames, read_image_folder
+
+    classes, _ = read_image_folder(args.data)
+    names = read_classnames(args.classnames, classes)
+    result = evaluate_zeroshot(
+        embedder,
+        args.data,
+        names,
+        lang=args.lang,
+        templates=args.template,
+        workers=args.workers,
+        progress=not args.json,
+    )
+    rows = [
+        ("top-1", f"{result.top1:.2f}"),
+        ("top-5", f"{result.top5:.2f}"),
+        ("mean per-class recall", f"{result.mean_per_class_recall:.2f}"),
+        ("images", result.images),
+        *((f"recall: {name}", f"{value:.1f}") for name, value in result.per_class_recall.items()),
+    ]
+    emit(args, result.to_dict(), ["metric", "value"], rows)
     return 0
 
 
@@ -294,6 +326,43 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--image")
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(run=cmd_search)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate: retrieval recall per language, zero-shot accuracy",
+        description="evaluate: retrieval recall per language, zero-shot accuracy",
+    )
+    tasks = evaluate.add_subparsers(dest="task", required=True, metavar="TASK")
+    p = tasks.add_parser(
+        "retrieval",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="image-text retrieval R@1/5/10 both ways and MR, per language",
+        description="Image-to-text and text-to-image recall@1/5/10 and their mean (MR) per "
+        "language, on a pairs file (JSONL or CSV: image, caption, lang) with any "
+        "number of captions per image, computed in bounded memory.",
+        epilog="example:\n  altclip eval retrieval --data flickr30k-test.jsonl --report report/",
+    )
+    p.add_argument("--data", required=True)
+    p.add_argument("--method", help="the model's name in the table (default: the model's folder name)")
+    p.add_argument("--chunk", type=int, default=4096, help="similarity block size (memory bound)")
+    p.add_argument("--report", help="folder for report.json, report.txt and report.png")
+    p.set_defaults(run=cmd_eval)
+    p = tasks.add_parser(
+        "zeroshot",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="zero-shot top-1 / top-5 accuracy and per-class recall on an image folder",
+        description="Zero-shot classification of ROOT/<class>/<image> with prompt ensembles.",
+        epilog="example:\n  altclip eval zeroshot --data imagenet-val --classnames names_zh.txt --lang zh",
+    )
+    p.add_argument("--data", required=True, help="a folder with one subfolder of images per class")
+    p.add_argument(
+        "--classnames", required=True, help="one name per line (sorted folder order) or folder<TAB>name lines"
+    )
+    p.add_argument("--lang", default="en")
+    p.add_argument("--template", action="append", help="a prompt with {}; repeat for an ensemble")
+    p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser(
         "init",

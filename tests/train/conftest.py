@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from PIL import Image, ImageDraw
 
 import altclip
 from altclip.train.student import build_student
 from tests.conftest import LANGUAGES
-
-COLOURS = {
-    "red": ("红色", (220, 30, 30)),
-    "green": ("绿色", (30, 180, 60)),
-    "blue": ("蓝色", (40, 60, 220)),
-    "yellow": ("黄色", (230, 210, 30)),
-}
-SHAPES = {"circle": "圆形", "square": "方形", "triangle": "三角形"}
 
 
 @pytest.fixture(scope="session")
@@ -69,43 +59,5 @@ def parallel_tsv(tmp_path_factory) -> Path:
             lines.append(f"{en}\t{data[lang].strip(':').replace('_', ' ')}\t{lang}")
     lines[5:5] = ["only one column", "a\t\tzh", "x\ty\tz\textra"]
     path = tmp_path_factory.mktemp("parallel") / "parallel.tsv"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def draw(colour: tuple[int, int, int], shape: str, size: int = 32) -> Image.Image:
-    image = Image.new("RGB", (size, size), "white")
-    box = (6, 6, size - 6, size - 6)
-    pen = ImageDraw.Draw(image)
-    if shape == "circle":
-        pen.ellipse(box, fill=colour)
-    elif shape == "square":
-        pen.rectangle(box, fill=colour)
-    else:
-        pen.polygon([(size // 2, 4), (4, size - 4), (size - 4, size - 4)], fill=colour)
-    return image
-
-
-@pytest.fixture(scope="session")
-def pairs_jsonl(tmp_path_factory) -> Path:
-    """Coloured shapes with English and Chinese captions, plus a broken image, an empty caption, a bad line."""
-    folder = tmp_path_factory.mktemp("pairs")
-    records = []
-    for colour, (zh_colour, rgb) in COLOURS.items():
-        for shape, zh_shape in SHAPES.items():
-            name = f"{colour}-{shape}.png"
-            draw(rgb, shape).save(folder / name)
-            records += [
-                {"image": name, "caption": f"a {colour} {shape}", "lang": "en"},
-                {"image": name, "caption": f"{zh_colour}{zh_shape}", "lang": "zh"},
-            ]
-    (folder / "broken.png").write_bytes(b"not a png")
-    lines = [json.dumps(r, ensure_ascii=False) for r in records * 2]
-    lines += [
-        json.dumps({"image": "broken.png", "caption": "a broken picture"}),
-        json.dumps({"image": "red-circle.png", "caption": "  "}),
-        "{not json",
-    ]
-    path = folder / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -208,9 +208,10 @@ def _open(out: Path, source: str | Path, model: str, shard_size: int, dim: int) 
 
 
 def _records(
-    embedder: Embedder, collection: Collection, todo: list[int], batch_size: int, workers: int
+    embedder: Embedder, paths: list[str], todo: list[int], batch_size: int, workers: int
 ) -> Iterator[list[Record]]:
-    dataset = ImageFiles(collection.files, todo, embedder.processor.image_processor)
+    """Decoded files ``paths[i]`` for ``i`` in ``todo``, in order, in batches, from worker processes."""
+    dataset = ImageFiles(paths, todo, embedder.processor.image_processor)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -249,12 +250,8 @@ def embed_collection(
         total=count, initial=count - len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True
     )
     try:
-        for records in _records(embedder, collection, todo, batch_size, workers):
-            good = [r for r in records if r.pixels is not None]
-            if good:
-                pixels = torch.from_numpy(np.stack([r.pixels for r in good]))
-                embedded = embedder.embed_pixels(pixels).float().cpu().numpy().astype(np.float16)
-                vectors.update({r.index: v for r, v in zip(good, embedded, strict=True)})
+        for records in _records(embedder, collection.files, todo, batch_size, workers):
+            vectors.update({i: v.astype(np.float16) for i, v in _embed_records(embedder, records).items()})
             for r in records:
                 r.pixels = None
                 current[r.index] = r
@@ -263,6 +260,33 @@ def embed_collection(
     finally:
         bar.close()
     return write_summary(collection)
+
+
+def _embed_records(embedder: Embedder, records: list[Record]) -> dict[int, np.ndarray]:
+    """Embed the decoded records of a batch: file index -> float32 unit vector."""
+    good = [r for r in records if r.pixels is not None]
+    if not good:
+        return {}
+    embedded = embedder.embed_pixels(torch.from_numpy(np.stack([r.pixels for r in good]))).float().cpu().numpy()
+    return {r.index: v for r, v in zip(good, embedded, strict=True)}
+
+
+def embed_files(
+    embedder: Embedder, paths: list[str], batch_size: int = 32, workers: int = 2, progress: bool = True
+) -> tuple[torch.Tensor, list[Record]]:
+    """Unit vectors of the readable files, in order, and a record (status, size, error) per file."""
+    vectors: dict[int, np.ndarray] = {}
+    records: list[Record] = []
+    with tqdm(total=len(paths), unit="img", desc="embedding images", disable=not progress, dynamic_ncols=True) as bar:
+        for batch in _records(embedder, paths, list(range(len(paths))), batch_size, workers):
+            vectors.update(_embed_records(embedder, batch))
+            for r in batch:
+                r.pixels = None
+            records += batch
+            bar.update(len(batch))
+    dim = embedder.model.config.projection_dim  # type: ignore[attr-defined]
+    ok = [vectors[r.index] for r in records if r.status == "ok"]
+    return torch.from_numpy(np.stack(ok)) if ok else torch.zeros(0, dim), records
 
 
 def _flush_finished_shards(collection: Collection, current: dict[int, Record], vectors: dict[int, np.ndarray]) -> None:
