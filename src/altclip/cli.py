@@ -288,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="hub name or local folder (default BAAI/AltCLIP)")
     common.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
-    common.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    common.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16", "int8"],
+        help="int8: dynamic quantization of the Linear layers, CPU only",
+    )
     common.add_argument("--batch-size", type=int, default=32)
     common.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2)")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")

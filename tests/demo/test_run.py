@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 import transformers
@@ -12,9 +13,10 @@ from altclip.cli import main
 from altclip.demo.run import DemoConfig, run_demo
 
 
-def test_demo_smoke_run(tmp_path, capsys):
+def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out, as a user types it
     config = DemoConfig(
-        out=tmp_path / "demo",
+        out=Path("demo"),
         limit=80,
         width=32,
         layers=1,

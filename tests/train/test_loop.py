@@ -151,3 +151,15 @@ def test_schedule():
     assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="precision"):
         TrainConfig("x", precision="fp8")
+
+
+def test_an_epoch_without_a_usable_batch_is_an_error(tmp_path, student):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"image": f"missing-{i}.png", "caption": f"caption {i}"}) + "\n" for i in range(8))
+    )
+    trainer = Trainer(
+        contrastive_phase(student, pairs), TrainConfig(tmp_path / "run", steps=3, batch_size=4, progress=False)
+    )
+    with pytest.raises(ValueError, match="gave no usable batch.*image: missing"):
+        trainer.fit()

@@ -97,8 +97,12 @@ class EmojiSet:
     test: list[str]
     names: dict[str, dict[str, str]]
 
+    def image_name(self, char: str) -> str:
+        """The image's path inside the data folder (what the data files hold, so the folder can move)."""
+        return "images/" + "-".join(f"{ord(c):x}" for c in char) + ".png"
+
     def image(self, char: str) -> str:
-        return str(self.folder / "images" / ("-".join(f"{ord(c):x}" for c in char) + ".png"))
+        return str(self.folder / self.image_name(char))
 
 
 def build(
@@ -116,7 +120,7 @@ def build(
     names, English -> each other language), ``pairs.jsonl`` (train images, names in every language) and
     ``test.jsonl`` (test images, names in every language).
     """
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     done = folder / "split.json"
     if done.is_file():
         split = json.loads(done.read_text(encoding="utf-8"))
@@ -160,7 +164,9 @@ def _jsonl(path: Path, records: list[dict[str, str]]) -> None:
 
 def _write_files(data: EmojiSet) -> None:
     def pairs(chars: list[str], langs: list[str]) -> list[dict[str, str]]:
-        return [{"image": data.image(c), "caption": data.names[c][lang], "lang": lang} for c in chars for lang in langs]
+        return [
+            {"image": data.image_name(c), "caption": data.names[c][lang], "lang": lang} for c in chars for lang in langs
+        ]
 
     others = [lang for lang in LANGUAGES if lang != "en"]
     _jsonl(data.folder / "teacher_pairs.jsonl", pairs(data.train, ["en"]))

@@ -62,13 +62,21 @@ class Embedder:
         batch_size: int = 32,
         **hub: Any,
     ) -> Embedder:
-        """Load the model and processor of a folder or hub name; the family comes from config.json."""
+        """Load the model and processor of a folder or hub name; the family comes from config.json.
+
+        ``dtype``: float32 (default), bfloat16, float16, or "int8" (dynamic quantization, CPU only).
+        """
         config = json.loads(checkpoint.resolve_file(name_or_path, CONFIG_NAME, **hub).read_text(encoding="utf-8"))
         family = config.get("model_type")
         if family not in FAMILIES:
             raise ValueError(f"{name_or_path}: model_type {family!r} is not one of {sorted(FAMILIES)}")
         model_cls, processor_cls = FAMILIES[family]
-        model = model_cls.from_pretrained(name_or_path, dtype=dtype, device=resolve_device(device), **hub)
+        if dtype == "int8":  # float32 weights, then int8 dynamic quantization of the Linear layers (CPU)
+            from altclip.quantize import quantize_int8
+
+            model = quantize_int8(model_cls.from_pretrained(name_or_path, device="cpu", **hub))
+        else:
+            model = model_cls.from_pretrained(name_or_path, dtype=dtype, device=resolve_device(device), **hub)
         return cls(model, processor_cls.from_pretrained(name_or_path, **hub), batch_size)
 
     @property

@@ -291,6 +291,7 @@ class Trainer:
         started = time.perf_counter()
         try:
             while self.progress.step < self.total:
+                steps_before = self.progress.step
                 for batch in self._loader():
                     self.phase.skipped.update(batch.pop("skipped", []))
                     if batch.get("size") == 0 and self.world == 1:  # every image of the batch was unreadable
@@ -330,6 +331,11 @@ class Trainer:
                     if self.progress.step >= self.total:
                         break
                 else:
+                    if self.progress.step == steps_before and self.progress.micro > 0:
+                        raise ValueError(
+                            f"epoch {self.progress.epoch} gave no usable batch (skipped so far: "
+                            f"{dict(self.phase.skipped)}); check the data's image paths"
+                        )
                     self.progress.epoch, self.progress.micro = self.progress.epoch + 1, 0
         finally:
             bar.close()

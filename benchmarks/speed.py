@@ -1,0 +1,343 @@
+"""Speed and memory of altclip against transformers' AltCLIPModel (eager and sdpa), in one run.
+
+    .venv/bin/python benchmarks/speed.py                 # BAAI/AltCLIP sizes (ViT-L/14 + XLM-R-large)
+    .venv/bin/python benchmarks/speed.py --size small    # a quick run on a small model
+    .venv/bin/python benchmarks/speed.py --json out.json
+
+Every implementation runs in its own process on the same random weights (peak memory is that process's
+maximum resident set). Measured, for each: image embeddings/s at batch 1, 8, 32; text embeddings/s at
+lengths 16, 32, 77 and batch 1, 8, 32; a mixed-length workload (CLDR emoji names in 14 languages, in the
+order given, batches of 32 as the Hugging Face docs build them, or altclip's length-bucketed batches);
+achieved GFLOP/s against a float32 matrix-multiply ceiling measured in the same run. Results are printed
+as ratios to transformers' best. altclip's outputs are checked against transformers' (1e-5) first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SIZES = {
+    # BAAI/AltCLIP: ViT-L/14 image tower, XLM-R-large text tower, projection 768
+    "real": {
+        "text_config": {},
+        "projection_dim": 768,
+        "vision_config": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "patch_size": 14,
+            "image_size": 224,
+        },
+    },
+    "small": {
+        "text_config": {
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "project_dim": 256,
+        },
+        "vision_config": {
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "patch_size": 16,
+            "image_size": 224,
+        },
+        "projection_dim": 256,
+    },
+}
+IMAGE_BATCHES, TEXT_LENGTHS, TEXT_BATCHES = (1, 8, 32), (16, 32, 77), (1, 8, 32)
+IMPLEMENTATIONS = ("altclip", "transformers-sdpa", "transformers-eager", "altclip-int8")
+
+
+def flops_per_image(vision: dict[str, int]) -> float:
+    """Multiply-adds x 2 of one ViT forward pass (162 GFLOP for ViT-L/14 at 224 px)."""
+    d, ff, layers = vision["hidden_size"], vision["intermediate_size"], vision["num_hidden_layers"]
+    patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    n = patches + 1
+    per_layer = 2 * n * (4 * d * d + 2 * d * ff) + 2 * 2 * n * n * d
+    return layers * per_layer + 2 * patches * 3 * vision["patch_size"] ** 2 * d
+
+
+def flops_per_token(text: dict[str, int], length: int) -> float:
+    d, ff, layers = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"]
+    return layers * (2 * (4 * d * d + 2 * d * ff) + 2 * 2 * length * d)
+
+
+def matmul_ceiling(seconds: float = 2.0) -> float:
+    """float32 GFLOP/s of a large square matrix multiply on this machine, now."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    return runs * 2 * 2048**3 / (time.perf_counter() - start) / 1e9
+
+
+def timed(fn, min_seconds: float, min_runs: int = 1) -> float:
+    """Seconds per call: one warm-up, then calls until both limits are met."""
+    fn()
+    runs, start = 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - start < min_seconds:
+        fn()
+        runs += 1
+    return (time.perf_counter() - start) / runs
+
+
+def mixed_workload(count: int) -> list[str]:
+    import emoji
+
+    emoji.config.load_language()
+    langs = ["en", "zh", "ja", "ko", "ar", "ru", "fr", "de", "es", "it", "pt", "fa", "id", "tr"]
+    names = [data[lang].strip(":").replace("_", " ") for data in emoji.EMOJI_DATA.values() for lang in langs]
+    return names[:count]
+
+
+# -- one implementation, in its own process ----------------------------------------------------------
+
+
+def load(impl: str, folder: Path):
+    if impl.startswith("transformers"):
+        import transformers
+
+        model = transformers.AltCLIPModel.from_pretrained(folder, attn_implementation=impl.split("-")[1]).eval()
+        text = lambda ids, mask: model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output  # noqa: E731
+        image = lambda px: model.get_image_features(pixel_values=px).pooler_output  # noqa: E731
+        return model, text, image
+    import altclip
+
+    model = altclip.AltCLIPModel.from_pretrained(folder)
+    if impl == "altclip-int8":
+        from altclip.quantize import quantize_int8
+
+        model = quantize_int8(model)
+    return model, model.get_text_features, model.get_image_features
+
+
+def worker(impl: str, folder: Path, config: dict[str, Any], seconds: float, mixed: list[str]) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model, text, image = load(impl, folder)
+    results: dict[str, Any] = {"image": {}, "text": {}}
+    size = config["vision_config"].get("image_size", 224)
+    with torch.inference_mode():
+        for batch in IMAGE_BATCHES:
+            px = torch.randn(batch, 3, size, size)
+            results["image"][str(batch)] = batch / timed(lambda px=px: image(px), seconds)
+        vocab = config["text_config"].get("vocab_size", 250002)
+        for length in TEXT_LENGTHS:
+            for batch in TEXT_BATCHES:
+                ids = torch.randint(3, vocab, (batch, length))
+                ids[:, 0], ids[:, -1] = 0, 2
+                mask = torch.ones_like(ids)
+                results["text"][f"{length}x{batch}"] = batch / timed(lambda i=ids, m=mask: text(i, m), seconds)
+        results["mixed"] = run_mixed(impl, model, folder, mixed)
+    results["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return results
+
+
+def run_mixed(impl: str, model, folder: Path, texts: list[str]) -> dict[str, float]:
+    """Embed the workload: transformers as the docs do it (batches of 32 in order, padded to the longest);
+    altclip through its Embedder (length-bucketed batches of 32)."""
+    import altclip
+
+    tokenizer = altclip.XLMRobertaTokenizer.from_pretrained(folder)
+    start = time.perf_counter()
+    if impl.startswith("transformers"):
+        real = padded = 0
+        for i in range(0, len(texts), 32):
+            inputs = tokenizer(texts[i : i + 32], padding=True, return_tensors="pt")
+            real += int(inputs["attention_mask"].sum())
+            padded += inputs["input_ids"].numel()
+            model.get_text_features(**inputs)
+    else:
+        from altclip.tasks.embedding import Embedder
+
+        embedder = Embedder(model, altclip.AltCLIPProcessor(altclip.CLIPImageProcessor(), tokenizer), batch_size=32)
+        embedder.embed_texts(texts)
+        lengths = sorted(len(ids) for ids in tokenizer(texts)["input_ids"])
+        real = sum(lengths)
+        padded = sum(max(lengths[i : i + 32]) * len(lengths[i : i + 32]) for i in range(0, len(lengths), 32))
+    seconds = time.perf_counter() - start
+    return {"texts_per_s": len(texts) / seconds, "padding_share": 1 - real / padded}
+
+
+# -- the orchestrating run ---------------------------------------------------------------------------
+
+
+def prepare(folder: Path, size: str, texts: list[str]) -> dict[str, Any]:
+    """Random weights saved once (transformers writes them), a tokenizer trained on the workload."""
+    import sentencepiece
+    import transformers
+
+    import altclip
+
+    config = SIZES[size]
+    torch.manual_seed(0)
+    transformers.AltCLIPModel(transformers.AltCLIPConfig.from_dict(config)).save_pretrained(folder)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=str(folder / "sp"),
+        vocab_size=4000,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    altclip.XLMRobertaTokenizer.from_sentencepiece(folder / "sp.model").save_pretrained(folder)
+    return config
+
+
+def check_parity(folder: Path, config: dict[str, Any]) -> float:
+    import transformers
+
+    import altclip
+
+    ours = altclip.AltCLIPModel.from_pretrained(folder)
+    theirs = transformers.AltCLIPModel.from_pretrained(folder).eval()
+    size = config["vision_config"]["image_size"]
+    ids = torch.randint(3, 4000, (2, 20))
+    ids[:, 0], ids[:, -1] = 0, 2
+    px = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        a = ours(input_ids=ids, pixel_values=px)
+        b = theirs(input_ids=ids, pixel_values=px)
+    return max(float((a.text_embeds - b.text_embeds).abs().max()), float((a.image_embeds - b.image_embeds).abs().max()))
+
+
+def report(results: dict[str, dict[str, Any]], config: dict[str, Any], ceiling: float, parity: float) -> str:
+    from altclip.tables import format_table
+
+    impls = list(results)
+    hf = [i for i in impls if i.startswith("transformers")]
+
+    def best(section: str, key: Any) -> float:
+        return max(results[i][section][key] for i in hf)
+
+    lines = [
+        f"float32 matmul ceiling: {ceiling:.1f} GFLOP/s; altclip vs transformers max |diff| {parity:.2e}",
+        f"threads: {torch.get_num_threads()}, torch {torch.__version__}",
+    ]
+    image_flops = flops_per_image(config["vision_config"])
+    rows = []
+    for batch in IMAGE_BATCHES:
+        for impl in impls:
+            rate = results[impl]["image"][str(batch)]
+            rows.append(
+                [
+                    f"image b{batch}",
+                    impl,
+                    f"{rate:.2f}",
+                    f"{rate / best('image', str(batch)):.2f}x",
+                    f"{rate * image_flops / 1e9:.1f}",
+                    f"{rate * image_flops / 1e9 / ceiling:.0%}",
+                ]
+            )
+    text = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24} | config["text_config"]
+    for length in TEXT_LENGTHS:
+        for batch in TEXT_BATCHES:
+            key = f"{length}x{batch}"
+            for impl in impls:
+                rate = results[impl]["text"][key]
+                gflops = rate * length * flops_per_token(text, length) / 1e9
+                rows.append(
+                    [
+                        f"text L{length} b{batch}",
+                        impl,
+                        f"{rate:.2f}",
+                        f"{rate / best('text', key):.2f}x",
+                        f"{gflops:.1f}",
+                        f"{gflops / ceiling:.0%}",
+                    ]
+                )
+    hf_mixed = max(results[i]["mixed"]["texts_per_s"] for i in hf)
+    for impl in impls:
+        mixed = results[impl]["mixed"]
+        rows.append(
+            [
+                "mixed names",
+                impl,
+                f"{mixed['texts_per_s']:.2f}",
+                f"{mixed['texts_per_s'] / hf_mixed:.2f}x",
+                f"padding {mixed['padding_share']:.0%}",
+                "",
+            ]
+        )
+    table = format_table(["workload", "implementation", "per s", "vs transformers best", "GFLOP/s", "of ceiling"], rows)
+    memory = format_table(
+        ["implementation", "peak memory (GB)"], [[i, f"{results[i]['peak_rss_gb']:.2f}"] for i in impls]
+    )
+    return "\n".join(lines) + "\n\n" + table + "\n\n" + memory
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="real")
+    parser.add_argument("--seconds", type=float, default=3.0, help="minimum timing per measurement")
+    parser.add_argument("--mixed", type=int, default=1400, help="texts in the mixed-length workload")
+    parser.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    parser.add_argument("--json", help="also write the raw numbers here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    texts = mixed_workload(args.mixed)
+    if args.worker:
+        config = json.loads(Path(args.folder, "bench.json").read_text())
+        print(json.dumps(worker(args.worker, Path(args.folder), config, args.seconds, texts)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = prepare(folder, args.size, texts)
+        (folder / "bench.json").write_text(json.dumps(config))
+        parity = check_parity(folder, config)
+        ceiling = matmul_ceiling()
+        results = {}
+        for impl in args.only:
+            print(f"measuring {impl} ...", file=sys.stderr, flush=True)
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                impl,
+                "--folder",
+                str(folder),
+                "--size",
+                args.size,
+                "--seconds",
+                str(args.seconds),
+                "--mixed",
+                str(args.mixed),
+            ]
+            out = subprocess.run(
+                command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+            )
+            if out.returncode:
+                raise SystemExit(f"{impl} failed:\n{out.stderr[-3000:]}")
+            results[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(report(results, config, ceiling, parity))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"results": results, "ceiling_gflops": ceiling, "parity": parity}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
