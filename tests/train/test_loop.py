@@ -161,5 +161,5 @@ def test_an_epoch_without_a_usable_batch_is_an_error(tmp_path, student):
     trainer = Trainer(
         contrastive_phase(student, pairs), TrainConfig(tmp_path / "run", steps=3, batch_size=4, progress=False)
     )
-    with pytest.raises(ValueError, match="gave no usable batch.*image: missing"):
+    with pytest.raises(ValueError, match=r"gave no usable batch.*image: missing"):
         trainer.fit()
