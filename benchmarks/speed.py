@@ -181,27 +181,16 @@ def run_mixed(impl: str, model, folder: Path, texts: list[str]) -> dict[str, flo
 
 def prepare(folder: Path, size: str, texts: list[str]) -> dict[str, Any]:
     """Random weights saved once (transformers writes them), a tokenizer trained on the workload."""
-    import sentencepiece
     import transformers
 
     import altclip
+    from altclip.tokenization import train_sentencepiece
 
     config = SIZES[size]
     torch.manual_seed(0)
     transformers.AltCLIPModel(transformers.AltCLIPConfig.from_dict(config)).save_pretrained(folder)
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_prefix=str(folder / "sp"),
-        vocab_size=4000,
-        hard_vocab_limit=False,
-        model_type="unigram",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    altclip.XLMRobertaTokenizer.from_sentencepiece(folder / "sp.model").save_pretrained(folder)
+    spm = train_sentencepiece(texts, folder / "sentencepiece.bpe.model", vocab_size=4000)
+    altclip.XLMRobertaTokenizer.from_sentencepiece(spm).save_pretrained(folder)
     return config
 
 

@@ -12,11 +12,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import sentencepiece
 import torch
 from PIL import Image, ImageDraw
 
 from altclip import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor, XLMRobertaTokenizer
+from altclip.tokenization import train_sentencepiece
 
 CAPTIONS = [
     "a photo of a cat",
@@ -44,20 +44,8 @@ CAPTIONS = [
 
 def build_checkpoint(folder: Path) -> Path:
     folder.mkdir(parents=True)
-    spm_prefix = folder / "sp"
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(CAPTIONS * 5),
-        model_prefix=str(spm_prefix),
-        vocab_size=160,
-        hard_vocab_limit=False,
-        model_type="unigram",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    tokenizer = XLMRobertaTokenizer.from_sentencepiece(spm_prefix.with_suffix(".model"))
+    spm = train_sentencepiece(CAPTIONS * 5, folder / "sentencepiece.bpe.model", vocab_size=160)
+    tokenizer = XLMRobertaTokenizer.from_sentencepiece(spm)
     config = AltCLIPConfig.from_dict(
         {
             "text_config": {
@@ -85,8 +73,6 @@ def build_checkpoint(folder: Path) -> Path:
         CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}), tokenizer
     )
     processor.save_pretrained(folder)
-    for leftover in folder.glob("sp.*"):
-        leftover.unlink()
     return folder
 
 

@@ -17,7 +17,7 @@ from tokenizers import trainers
 
 import altclip
 from altclip.image import CLIPImageProcessor
-from altclip.tokenization import clip_backend
+from altclip.tokenization import clip_backend, train_sentencepiece
 
 warnings.filterwarnings("ignore", message=".*sdpa.*")
 
@@ -240,25 +240,8 @@ def corpus() -> list[str]:
 @pytest.fixture(scope="session")
 def xlmr_folder(tmp_path_factory, corpus) -> Path:
     """A sentencepiece model in XLM-R's layout (unk=0, bos=1, eos=2) and no tokenizer.json (like AltCLIP-m9)."""
-    import sentencepiece
-
     folder = tmp_path_factory.mktemp("xlmr")
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_prefix=str(folder / "sp"),
-        vocab_size=8000,
-        hard_vocab_limit=False,
-        model_type="unigram",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        character_coverage=0.9995,
-        minloglevel=2,
-        num_threads=2,
-    )
-    (folder / "sp.model").rename(folder / "sentencepiece.bpe.model")
-    (folder / "sp.vocab").unlink()
+    train_sentencepiece(corpus, folder / "sentencepiece.bpe.model")
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"model_max_length": 512, "tokenizer_class": "XLMRobertaTokenizer"})
     )

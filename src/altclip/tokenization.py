@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -268,6 +268,33 @@ def read_sentencepiece(path: str | Path) -> tuple[list[tuple[str, float]], bytes
         raise ValueError(f"{path} is not a sentencepiece model ({err})") from err
     pieces = [(p.piece, p.score) for p in proto.pieces]
     return pieces, proto.normalizer_spec.precompiled_charsmap or None
+
+
+def train_sentencepiece(sentences: Iterable[str], path: str | Path, vocab_size: int = 8000) -> Path:
+    """Train a unigram sentencepiece model in XLM-R's layout (unk=0, bos=1, eos=2, no pad) on ``sentences``
+    and write it to ``path`` (e.g. ``folder/sentencepiece.bpe.model``); ``vocab_size`` is an upper bound."""
+    import sentencepiece
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = path.with_name(f".{path.stem}-training")
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=0.9995,
+        minloglevel=2,
+        num_threads=2,
+    )
+    Path(f"{prefix}.vocab").unlink(missing_ok=True)
+    Path(f"{prefix}.model").replace(path)
+    return path
 
 
 def xlm_roberta_backend(vocab: list[tuple[str, float]], charsmap: bytes | None) -> Backend:

@@ -30,7 +30,7 @@ from altclip.image import CLIPImageProcessor
 from altclip.models import CLIPModel
 from altclip.processor import CLIPProcessor
 from altclip.tasks.embedding import Embedder
-from altclip.tokenization import CLIP_SPECIALS, CLIPTokenizer, XLMRobertaTokenizer, clip_backend
+from altclip.tokenization import CLIP_SPECIALS, CLIPTokenizer, XLMRobertaTokenizer, clip_backend, train_sentencepiece
 from altclip.train.loop import TrainConfig, Trainer
 from altclip.train.phases import contrastive_phase, distillation_phase
 from altclip.train.student import build_student
@@ -143,26 +143,10 @@ def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
     folder = config.out / "student-init"
     if _stage_done(folder):
         return folder
-    import sentencepiece
-
     xlmr = config.out / "xlmr-init"
-    xlmr.mkdir(parents=True, exist_ok=True)
     sentences = [name for c in data.train for name in data.names[c].values()]
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_prefix=str(xlmr / "sp"),
-        vocab_size=8000,
-        hard_vocab_limit=False,
-        model_type="unigram",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        character_coverage=0.9995,
-        minloglevel=2,
-        num_threads=2,
-    )
-    tokenizer = XLMRobertaTokenizer.from_sentencepiece(xlmr / "sp.model", model_max_length=64)
+    spm = train_sentencepiece(sentences, xlmr / "sentencepiece.bpe.model")
+    tokenizer = XLMRobertaTokenizer.from_sentencepiece(spm, model_max_length=64)
     tokenizer.save_pretrained(xlmr)
     xlmr_config = {
         "model_type": "xlm-roberta",
