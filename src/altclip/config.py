@@ -252,10 +252,8 @@ class DualEncoderConfig(Config):
             ("vision_config", cls.vision_config_class),
         ):
             # transformers: a legacy ``*_config_dict`` (filled with defaults) replaces every field of ``*_config``.
-            legacy = values.pop(f"{key}_dict", None)
-            section = legacy if legacy is not None else values.pop(key, None)
-            values.pop(key, None)
-            values[key] = tower.from_dict(section or {})
+            section, legacy = values.pop(key, None), values.pop(f"{key}_dict", None)
+            values[key] = tower.from_dict((section if legacy is None else legacy) or {})
         return values
 
 

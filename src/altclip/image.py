@@ -85,13 +85,7 @@ def to_rgb(image: ImageInput, what: str = "image") -> np.ndarray:
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image.convert("RGBA"))
         return np.asarray(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray):
-        raise ValueError(
-            f"{what}: expected a PIL image, NumPy array, torch tensor or file path, got {type(image).__name__}"
-        )
-    array = _channels_last(image, what)
+    array = _channels_last(_as_array(image, what), what)
     if array.shape[-1] == 1:
         return np.repeat(array, 3, axis=-1)
     if array.shape[-1] == 4:
@@ -197,7 +191,7 @@ class CLIPImageProcessor:
 
     def preprocess_one(self, image: ImageInput, what: str = "image") -> np.ndarray:
         """One image -> float32 (3, crop height, crop width)."""
-        array = to_rgb(image, what) if self.do_convert_rgb else _channels_last(_as_array(image), what)
+        array = to_rgb(image, what) if self.do_convert_rgb else _channels_last(_as_array(image, what), what)
         if self.do_resize:
             array = resize_shortest_edge(array, self.size["shortest_edge"], self.resample, what)
         array = np.moveaxis(array, -1, 0)  # (C, H, W)
@@ -221,11 +215,16 @@ class CLIPImageProcessor:
         return {"pixel_values": _stack(arrays, return_tensors, "pixel_values")}
 
 
-def _as_array(image: ImageInput) -> np.ndarray:
+def _as_array(image: ImageInput, what: str = "image") -> np.ndarray:
+    """A path, PIL image, tensor or array as a NumPy array (layout untouched)."""
     if isinstance(image, str | Path):
         image = load_image(image)
     if isinstance(image, torch.Tensor):
         return image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray | Image.Image):
+        raise ValueError(
+            f"{what}: expected a PIL image, NumPy array, torch tensor or file path, got {type(image).__name__}"
+        )
     return np.asarray(image)
 
 

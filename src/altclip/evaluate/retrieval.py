@@ -9,7 +9,7 @@ candidates that score higher than the right one (by more than ``TIE``). Similari
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,10 +105,7 @@ def evaluate_pairs(
     vectors, records = embed_files(embedder, paths, embedder.batch_size, workers, progress)
     row_of = {paths[r.index]: i for i, r in enumerate(r for r in records if r.status == "ok")}
     rows = [row for row in table.rows if row["image"] in row_of]
-    skipped = {**dict(table.skipped), **{f"image: {r.status}": 0 for r in records if r.status != "ok"}}
-    for r in records:
-        if r.status != "ok":
-            skipped[f"image: {r.status}"] += 1
+    skipped = Counter(table.skipped) + Counter(f"image: {r.status}" for r in records if r.status != "ok")
     if len(rows) < len(table.rows):
         skipped["captions of unreadable images"] = len(table.rows) - len(rows)
     if not rows:
@@ -117,4 +114,4 @@ def evaluate_pairs(
     scores = recall_by_language(
         vectors, texts, [row_of[row["image"]] for row in rows], [row.get("lang", "") for row in rows], chunk
     )
-    return scores, skipped
+    return scores, dict(skipped)

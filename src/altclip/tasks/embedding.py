@@ -11,11 +11,12 @@ import torch
 from torch import Tensor
 
 from altclip import checkpoint
-from altclip.config import CONFIG_NAME, AltCLIPTextConfig
+from altclip.config import CONFIG_NAME, AltCLIPTextConfig, CLIPTextConfig
 from altclip.image import ImageInput
 from altclip.models import AltCLIPModel, CLIPModel, DualEncoderModel, normalize
 from altclip.processor import AltCLIPProcessor, CLIPProcessor, Processor
 from altclip.tasks.zeroshot import check_templates, templates_for
+from altclip.tokenization import Tokenizer
 
 DEFAULT_MODEL = "BAAI/AltCLIP"
 FAMILIES: dict[str, tuple[type[DualEncoderModel], type[Processor]]] = {
@@ -28,6 +29,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def text_token_limit(text_config: AltCLIPTextConfig | CLIPTextConfig, tokenizer: Tokenizer) -> int:
+    """The longest token sequence both the text tower's position table and the tokenizer allow."""
+    positions = (
+        text_config.max_tokens if isinstance(text_config, AltCLIPTextConfig) else text_config.max_position_embeddings
+    )
+    return min(positions, tokenizer.model_max_length)
 
 
 class Embedder:
@@ -43,13 +52,7 @@ class Embedder:
         self.model = model.eval()
         self.processor = processor
         self.batch_size = batch_size
-        text_config = model.config.text_config  # type: ignore[attr-defined]
-        positions = (
-            text_config.max_tokens
-            if isinstance(text_config, AltCLIPTextConfig)
-            else text_config.max_position_embeddings
-        )
-        self.max_text_tokens = min(positions, processor.tokenizer.model_max_length)
+        self.max_text_tokens = text_token_limit(model.config.text_config, processor.tokenizer)  # type: ignore[attr-defined]
         self._class_embeddings: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}
 
     @classmethod

@@ -11,7 +11,7 @@ import torch
 
 from altclip.models import AltCLIPModel, CLIPModel
 from altclip.processor import AltCLIPProcessor
-from altclip.tasks.embedding import Embedder
+from altclip.tasks.embedding import Embedder, text_token_limit
 from altclip.tokenization import CLIPTokenizer, Tokenizer
 from altclip.train.data import ImagePairs, read_pairs, read_parallel
 from altclip.train.loop import Phase
@@ -30,8 +30,8 @@ def distillation_phase(teacher: str | Path, student: str | Path, data: str | Pat
     student_model = AltCLIPModel.from_pretrained(student)
     processor = AltCLIPProcessor.from_pretrained(student)
     table = read_parallel(data)
-    teacher_limit = min(teacher_model.config.text_config.max_position_embeddings, teacher_tokenizer.model_max_length)
-    student_limit = Embedder(student_model, processor).max_text_tokens
+    teacher_limit = text_token_limit(teacher_model.config.text_config, teacher_tokenizer)
+    student_limit = text_token_limit(student_model.config.text_config, processor.tokenizer)
 
     def collate(rows: list[dict[str, str]]) -> dict[str, Any]:
         src, tgt = [r["src"] for r in rows], [r["tgt"] for r in rows]
