@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with altclip installed (CPU PyTorch 2.13.0). `--test` adds the test extra
-# (pytest, transformers as the reference implementation, ruff, scikit-image, emoji).
+# (pytest, transformers as the reference implementation, ruff, scikit-image, emoji, and the ONNX
+# exporter and runtime).
 # Also installs the Noto Color Emoji font the demo draws with, where this machine lets us.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -21,6 +21,8 @@ examples:
   altclip search ~/photos.emb --text "夕阳下的海滩" -k 5
   altclip search ~/photos.emb --image query.jpg --json
   altclip demo --out altclip-demo
+  altclip export onnx --model BAAI/AltCLIP --out altclip-onnx
+  altclip classify cat.jpg --labels cat dog --model altclip-onnx --backend onnx
   altclip eval retrieval --data flickr30k-cn.jsonl --report report/
   altclip eval zeroshot --data imagenet-val --classnames names_zh.txt --lang zh
   altclip init --clip openai/clip-vit-large-patch14 --text FacebookAI/xlm-roberta-large --out student
@@ -50,7 +52,11 @@ def load_embedder(args: argparse.Namespace, model: str | None = None):
     from altclip.tasks import DEFAULT_MODEL, Embedder
 
     return Embedder.from_pretrained(
-        model or args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, batch_size=args.batch_size
+        model or args.model or DEFAULT_MODEL,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        backend=args.backend,
     )
 
 
@@ -104,6 +110,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             workers=args.workers,
             shard_size=args.shard_size,
             progress=not args.json,
+            draft=args.draft,
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished shards are kept in {args.out}: run the same command to resume", file=sys.stderr)
@@ -226,6 +233,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export both towers to ONNX, copy the processor files, and compare ONNX Runtime with PyTorch."""
+    import torch
+
+    from altclip.export import OnnxModel, export_onnx
+    from altclip.tasks import DEFAULT_MODEL
+    from altclip.tasks.embedding import FAMILIES, family_of
+
+    source = args.model or DEFAULT_MODEL
+    model_cls, processor_cls = FAMILIES[family_of(source)]
+    model = model_cls.from_pretrained(source, device="cpu")
+    graphs = export_onnx(model, args.out, towers=args.towers, opset=args.opset)
+    processor_cls.from_pretrained(source).save_pretrained(args.out)
+    exported = OnnxModel.from_pretrained(args.out)
+    torch.manual_seed(0)
+    inputs = {
+        "text": lambda: (torch.randint(0, model.config.text_config.vocab_size, (2, 16)),),
+        "vision": lambda: (torch.randn(2, 3, *[model.config.vision_config.image_size] * 2),),
+    }
+    methods = {"text": "get_text_features", "vision": "get_image_features"}
+    data = []
+    for tower, graph in graphs.items():
+        example = inputs[tower]()
+        with torch.inference_mode():
+            expected = getattr(model, methods[tower])(*example)
+        diff = float((getattr(exported, methods[tower])(*example) - expected).abs().max())
+        size = sum(p.stat().st_size for p in graph.parent.glob(f"{graph.name}*"))
+        data.append({"tower": tower, "graph": str(graph), "megabytes": round(size / 2**20, 1), "max_abs_diff": diff})
+    rows = [(d["tower"], d["graph"], d["megabytes"], d["max_abs_diff"]) for d in data]
+    emit(args, data, ["tower", "graph", "MB", "max |onnxruntime - torch|"], rows)
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from altclip.train.student import build_student
 
@@ -294,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16", "float16", "int8"],
         help="int8: dynamic quantization of the Linear layers, CPU only",
     )
+    common.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "compile", "onnx"],
+        help="compile: torch.compile both towers; onnx: run a folder written by `altclip export onnx` in "
+        "ONNX Runtime (CPU)",
+    )
     common.add_argument("--batch-size", type=int, default=32)
     common.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2)")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -346,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder; rerun the same command to resume")
     p.add_argument("--shard-size", type=int, default=10_000)
     p.add_argument("--no-index", action="store_true", help="skip building the FAISS index")
+    p.add_argument(
+        "--draft",
+        action="store_true",
+        help="decode large JPEGs at 1/2-1/8 scale (Pillow draft mode, at least twice the model's input): "
+        "faster on photos, pixels differ slightly from the exact preprocessing",
+    )
     p.add_argument("--exact-max", type=int, default=50_000, help="largest collection given an exact index")
     p.set_defaults(run=cmd_embed)
 
@@ -423,6 +476,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", default="en")
     p.add_argument("--template", action="append", help="a prompt with {}; repeat for an ensemble")
     p.set_defaults(run=cmd_eval)
+
+    export = sub.add_parser(
+        "export", help="export a model for other runtimes (ONNX)", description="export a model for other runtimes"
+    )
+    formats = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    p = formats.add_parser(
+        "onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="both towers as ONNX graphs (dynamic batch and length), checked against PyTorch in ONNX Runtime",
+        description="Write OUT/onnx/text_model.onnx (input_ids, attention_mask -> text_embeds) and "
+        "OUT/onnx/vision_model.onnx (pixel_values -> image_embeds), the config and the processor files, "
+        "then run both graphs in ONNX Runtime on random inputs and print the largest difference from PyTorch. "
+        "OUT then works as a model folder with --backend onnx.",
+        epilog="example:\n  altclip export onnx --model BAAI/AltCLIP --out altclip-onnx\n"
+        "  altclip classify cat.jpg --labels 猫 狗 --lang zh --model altclip-onnx --backend onnx",
+    )
+    p.add_argument("--model", help="hub name or local folder (default BAAI/AltCLIP)")
+    p.add_argument("--out", required=True, help="the export folder")
+    p.add_argument("--towers", nargs="+", choices=["text", "vision"], default=["text", "vision"])
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser(
         "init",
@@ -513,7 +588,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\naltclip {args.command}: interrupted", file=sys.stderr)
         return 130
-        return 1
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ class ImageLoadError(ValueError):
         self.kind = kind
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, draft_min_side: int | None = None) -> Image.Image:
     """Open an image file and apply its EXIF orientation. Pillow's decompression-bomb check stays on.
+
+    ``draft_min_side``: let JPEGs decode at 1/2, 1/4 or 1/8 scale (Pillow's draft mode) while the shorter
+    side stays at least this many pixels. Large photos decode several times faster; the pixels after
+    resizing differ a little from a full decode (measured in benchmarks/folder.py). Off by default.
 
     Raises ``ImageLoadError`` with ``kind`` one of missing, empty, not_image, truncated, bomb, unreadable.
     """
@@ -47,6 +51,8 @@ def load_image(path: str | Path) -> Image.Image:
         if path.stat().st_size == 0:
             raise ImageLoadError(path, "empty", "zero-byte file")
         with Image.open(path) as opened:
+            if draft_min_side and opened.format == "JPEG":
+                opened.draft(opened.mode, (draft_min_side, draft_min_side))
             image = ImageOps.exif_transpose(opened)
             image.load()
     except ImageLoadError:

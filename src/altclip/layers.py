@@ -40,8 +40,11 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
 
 
 def padding_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """(batch, keys) 1/0 mask -> additive (batch, 1, 1, keys) mask, or None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
+    """(batch, keys) 1/0 mask -> additive (batch, 1, 1, keys) mask, or None when nothing is padded.
+
+    Traced graphs (``torch.compile``, export) always carry the mask: "is anything padded" is a
+    question about values, which a graph must not branch on."""
+    if attention_mask is None or (not torch.compiler.is_compiling() and bool(attention_mask.all())):
         return None
     blocked = attention_mask[:, None, None, :] == 0
     return torch.zeros(blocked.shape, dtype=dtype, device=attention_mask.device).masked_fill(

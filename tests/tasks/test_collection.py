@@ -104,8 +104,15 @@ def slow_checkpoint(tmp_path_factory, xlmr_folder) -> Path:
 
 
 def run_until(command: list[str], out: Path, finished_shards: int, stop: signal.Signals) -> int:
-    """Start the command, wait until ``finished_shards`` shards exist, then send ``stop``."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Start the command, wait until ``finished_shards`` shards exist, then send ``stop``; the exit code."""
+    # SIGINT as a terminal delivers it, even when these tests run in a background job (which ignores it)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if len(list((out / "metadata").glob("*.parquet"))) >= finished_shards:

@@ -40,6 +40,7 @@ from altclip import checkpoint
 from altclip.image import CLIPImageProcessor, ImageLoadError, load_image
 from altclip.tasks.embedding import Embedder
 
+DRAFT_FACTOR = 2  # draft decoding keeps at least twice the resize target: see benchmarks/folder.py
 MANIFEST, FILES, SUMMARY = "manifest.json", "files.json", "summary.json"
 METADATA_SCHEMA = pa.schema(
     [
@@ -81,10 +82,14 @@ class Record:
 
 
 class ImageFiles(Dataset):
-    """Decodes and preprocesses one file per item in worker processes; failures become records, not raises."""
+    """Decodes and preprocesses one file per item in worker processes; failures become records, not raises.
 
-    def __init__(self, paths: list[str], indices: list[int], processor: CLIPImageProcessor) -> None:
+    ``draft``: decode JPEGs at a reduced scale, no smaller than ``DRAFT_FACTOR`` times the resize target.
+    """
+
+    def __init__(self, paths: list[str], indices: list[int], processor: CLIPImageProcessor, draft: bool) -> None:
         self.paths, self.indices, self.processor = paths, indices, processor
+        self.draft_min_side = DRAFT_FACTOR * processor.size["shortest_edge"] if draft else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -93,7 +98,7 @@ class ImageFiles(Dataset):
         index = self.indices[item]
         path = self.paths[index]
         try:
-            image = load_image(path)
+            image = load_image(path, self.draft_min_side)
             width, height = image.size
             return Record(index, self.processor.preprocess_one(image, path), width, height, "ok", "")
         except ImageLoadError as err:
@@ -178,13 +183,13 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
         pq.write_table(table, tmp)
 
 
-def _open(out: Path, source: str | Path, model: str, shard_size: int, dim: int) -> Collection:
-    """Start a new output folder, or reopen one made by the same source and model."""
+def _open(out: Path, source: str | Path, model: str, shard_size: int, dim: int, draft: bool) -> Collection:
+    """Start a new output folder, or reopen one made by the same source, model and decoding."""
     if (out / MANIFEST).exists():
         collection = Collection.open(out)
         manifest = collection.manifest
-        for key, value in (("source", str(source)), ("model", model)):
-            if manifest[key] != value:
+        for key, value in (("source", str(source)), ("model", model), ("draft", draft)):
+            if manifest.get(key, False) != value:
                 raise ValueError(f"{out} was made from {key} {manifest[key]!r}, not {value!r}; use a new --out folder")
         return collection
     # a run killed before its manifest was written leaves at most files.json and temporary files
@@ -202,16 +207,17 @@ def _open(out: Path, source: str | Path, model: str, shard_size: int, dim: int) 
         "shard_size": shard_size,
         "dim": dim,
         "dtype": "float16",
+        "draft": draft,
     }
     checkpoint.atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     return Collection(out, manifest, paths)
 
 
 def _records(
-    embedder: Embedder, paths: list[str], todo: list[int], batch_size: int, workers: int
+    embedder: Embedder, paths: list[str], todo: list[int], batch_size: int, workers: int, draft: bool
 ) -> Iterator[list[Record]]:
     """Decoded files ``paths[i]`` for ``i`` in ``todo``, in order, in batches, from worker processes."""
-    dataset = ImageFiles(paths, todo, embedder.processor.image_processor)
+    dataset = ImageFiles(paths, todo, embedder.processor.image_processor, draft)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -233,13 +239,17 @@ def embed_collection(
     workers: int = 2,
     shard_size: int = 10_000,
     progress: bool = True,
+    draft: bool = False,
 ) -> dict[str, Any]:
-    """Embed every image of ``source`` into ``out`` (see the module docstring); returns the summary."""
+    """Embed every image of ``source`` into ``out`` (see the module docstring); returns the summary.
+
+    ``draft``: decode large JPEGs at a reduced scale (see ``ImageFiles``); recorded in the manifest.
+    """
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     out, source = Path(out), Path(source).resolve()
     dim = embedder.model.config.projection_dim  # type: ignore[attr-defined]
-    collection = _open(out, source, model_name, shard_size, dim)
+    collection = _open(out, source, model_name, shard_size, dim, draft)
     shard_size, count = collection.manifest["shard_size"], collection.manifest["count"]
     pending = [s for s in range(collection.num_shards()) if not collection.finished(s)]
     todo = [i for s in pending for i in range(s * shard_size, min((s + 1) * shard_size, count))]
@@ -250,7 +260,7 @@ def embed_collection(
         total=count, initial=count - len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True
     )
     try:
-        for records in _records(embedder, collection.files, todo, batch_size, workers):
+        for records in _records(embedder, collection.files, todo, batch_size, workers, draft):
             vectors.update({i: v.astype(np.float16) for i, v in _embed_records(embedder, records).items()})
             for r in records:
                 r.pixels = None
@@ -272,13 +282,18 @@ def _embed_records(embedder: Embedder, records: list[Record]) -> dict[int, np.nd
 
 
 def embed_files(
-    embedder: Embedder, paths: list[str], batch_size: int = 32, workers: int = 2, progress: bool = True
+    embedder: Embedder,
+    paths: list[str],
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: bool = True,
+    draft: bool = False,
 ) -> tuple[torch.Tensor, list[Record]]:
     """Unit vectors of the readable files, in order, and a record (status, size, error) per file."""
     vectors: dict[int, np.ndarray] = {}
     records: list[Record] = []
     with tqdm(total=len(paths), unit="img", desc="embedding images", disable=not progress, dynamic_ncols=True) as bar:
-        for batch in _records(embedder, paths, list(range(len(paths))), batch_size, workers):
+        for batch in _records(embedder, paths, list(range(len(paths))), batch_size, workers, draft):
             vectors.update(_embed_records(embedder, batch))
             for r in batch:
                 r.pixels = None

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from altclip import checkpoint
 from altclip.config import CONFIG_NAME, AltCLIPTextConfig, CLIPTextConfig
+from altclip.export import OnnxModel
 from altclip.image import ImageInput
 from altclip.models import AltCLIPModel, CLIPModel, DualEncoderModel, normalize
 from altclip.processor import AltCLIPProcessor, CLIPProcessor, Processor
@@ -23,12 +24,29 @@ FAMILIES: dict[str, tuple[type[DualEncoderModel], type[Processor]]] = {
     "altclip": (AltCLIPModel, AltCLIPProcessor),
     "clip": (CLIPModel, CLIPProcessor),
 }
+BACKENDS = ("torch", "compile", "onnx")
+
+
+def compile_towers(model: DualEncoderModel) -> DualEncoderModel:
+    """``torch.compile`` both towers in place: texts with dynamic shapes (every batch has its own length)."""
+    model.vision_model.compile()
+    model.text_model.compile(dynamic=True)
+    return model
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def family_of(name_or_path: str | Path, **hub: Any) -> str:
+    """ "altclip" or "clip", from the model_type in config.json."""
+    config = json.loads(checkpoint.resolve_file(name_or_path, CONFIG_NAME, **hub).read_text(encoding="utf-8"))
+    family = config.get("model_type")
+    if family not in FAMILIES:
+        raise ValueError(f"{name_or_path}: model_type {family!r} is not one of {sorted(FAMILIES)}")
+    return family
 
 
 def text_token_limit(text_config: AltCLIPTextConfig | CLIPTextConfig, tokenizer: Tokenizer) -> int:
@@ -46,7 +64,7 @@ class Embedder:
     back in the input order. Class embeddings for zero-shot classification are cached per label set.
     """
 
-    def __init__(self, model: DualEncoderModel, processor: Processor, batch_size: int = 32) -> None:
+    def __init__(self, model: DualEncoderModel | OnnxModel, processor: Processor, batch_size: int = 32) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model.eval()
@@ -63,23 +81,36 @@ class Embedder:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         batch_size: int = 32,
+        backend: str = "torch",
         **hub: Any,
     ) -> Embedder:
         """Load the model and processor of a folder or hub name; the family comes from config.json.
 
         ``dtype``: float32 (default), bfloat16, float16, or "int8" (dynamic quantization, CPU only).
+        ``backend``: "torch"; "compile", the same with both towers compiled by ``torch.compile`` (the
+        first batch of each shape pays the compilation); or "onnx" for a folder written by ``altclip export
+        onnx``, run in ONNX Runtime.
         """
-        config = json.loads(checkpoint.resolve_file(name_or_path, CONFIG_NAME, **hub).read_text(encoding="utf-8"))
-        family = config.get("model_type")
-        if family not in FAMILIES:
-            raise ValueError(f"{name_or_path}: model_type {family!r} is not one of {sorted(FAMILIES)}")
-        model_cls, processor_cls = FAMILIES[family]
-        if dtype == "int8":  # float32 weights, then int8 dynamic quantization of the Linear layers (CPU)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        model_cls, processor_cls = FAMILIES[family_of(name_or_path, **hub)]
+        model: DualEncoderModel | OnnxModel
+        if backend == "onnx":
+            if dtype not in (None, "float32", torch.float32) or str(device) not in ("None", "auto", "cpu"):
+                raise ValueError(
+                    f"the onnx backend runs the exported float32 graphs on the CPU (got dtype={dtype}, device={device})"
+                )
+            model = OnnxModel.from_pretrained(name_or_path)
+        elif dtype == "int8":  # float32 weights, then int8 dynamic quantization of the Linear layers (CPU)
             from altclip.quantize import quantize_int8
 
             model = quantize_int8(model_cls.from_pretrained(name_or_path, device="cpu", **hub))
         else:
             model = model_cls.from_pretrained(name_or_path, dtype=dtype, device=resolve_device(device), **hub)
+        if backend == "compile":
+            if dtype == "int8":
+                raise ValueError("the compile backend takes float32, bfloat16 or float16 models, not int8")
+            compile_towers(model)  # type: ignore[arg-type]
         return cls(model, processor_cls.from_pretrained(name_or_path, **hub), batch_size)
 
     @property

@@ -1,0 +1,241 @@
+"""ONNX: export both towers of an AltCLIP or CLIP model, and run them in ONNX Runtime.
+
+An export folder is a model folder whose weights live in ONNX graphs::
+
+    config.json, tokenizer and preprocessor files   (the processor loads from the folder as usual)
+    onnx/text_model.onnx    input_ids, attention_mask (batch, sequence) int64 -> text_embeds (batch, dim)
+    onnx/vision_model.onnx  pixel_values (batch, 3, size, size) float32        -> image_embeds (batch, dim)
+    onnx/export.json        logit_scale, opset, the exporter's versions
+
+Each graph computes ``get_text_features`` / ``get_image_features``: projected, not normalised. Graphs
+over 2 GB (XLM-R-large) keep their weights beside them in ``*.onnx.data``. ``OnnxModel`` runs the folder
+with the same feature methods as the PyTorch models, so ``Embedder`` and every task take it unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from altclip import checkpoint
+from altclip.config import AltCLIPConfig, AltCLIPTextConfig, CLIPConfig, DualEncoderConfig
+from altclip.models import DualEncoderModel
+
+ONNX_FOLDER = "onnx"
+METADATA_NAME = "export.json"
+TOWERS = ("text", "vision")
+GRAPH_NAMES = {"text": "text_model.onnx", "vision": "vision_model.onnx"}
+DEFAULT_OPSET = 18
+
+
+class TextFeatures(nn.Module):
+    """(input_ids, attention_mask) -> get_text_features: the text graph's signature."""
+
+    def __init__(self, model: DualEncoderModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.model.get_text_features(input_ids, attention_mask)
+
+
+class ImageFeatures(nn.Module):
+    """pixel_values -> get_image_features: the vision graph's signature."""
+
+    def __init__(self, model: DualEncoderModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.model.get_image_features(pixel_values)
+
+
+def max_text_tokens(config: DualEncoderConfig) -> int:
+    text = config.text_config  # type: ignore[attr-defined]
+    return text.max_tokens if isinstance(text, AltCLIPTextConfig) else text.max_position_embeddings
+
+
+def _tower_program(model: DualEncoderModel, tower: str) -> tuple[nn.Module, tuple[Tensor, ...], dict[str, Any]]:
+    """The module to trace, example inputs, and which of their dimensions stay dynamic."""
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    if tower == "text":
+        longest = max_text_tokens(model.config)
+        sequence = torch.export.Dim("sequence", min=1, max=longest)
+        width = min(8, longest)
+        vocab = model.config.text_config.vocab_size  # type: ignore[attr-defined]
+        input_ids = torch.arange(2 * width).remainder(vocab).view(2, width)
+        attention_mask = torch.ones_like(input_ids)
+        attention_mask[1, width // 2 :] = 0
+        axes = {0: batch, 1: sequence}
+        return TextFeatures(model).eval(), (input_ids, attention_mask), {"input_ids": axes, "attention_mask": axes}
+    size = model.config.vision_config.image_size  # type: ignore[attr-defined]
+    pixel_values = torch.zeros(2, 3, size, size)
+    return ImageFeatures(model).eval(), (pixel_values,), {"pixel_values": {0: batch}}
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs every optional operator it cannot register; keep the user's terminal clean."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(
+    model: DualEncoderModel,
+    folder: str | Path,
+    towers: Sequence[str] = TOWERS,
+    opset: int = DEFAULT_OPSET,
+) -> dict[str, Path]:
+    """Export ``towers`` of a float32 CPU model to ``folder/onnx/`` and write ``folder/config.json``.
+
+    Each graph is written in a temporary folder and then renamed into place, its weight file first, so
+    an interrupted export never leaves a graph without its weights. Returns tower -> graph path.
+    """
+    unknown = sorted(set(towers) - set(TOWERS))
+    if unknown or not towers:
+        raise ValueError(f"towers must be some of {list(TOWERS)}, got {list(towers)}")
+    if model.dtype != torch.float32 or model.device.type != "cpu":
+        raise ValueError(
+            f"export a float32 model on the CPU (got {model.dtype} on {model.device}); ONNX Runtime picks "
+            "its own precision and device"
+        )
+    require("onnxscript")  # the exporter's dependency
+
+    folder = Path(folder)
+    target = folder / ONNX_FOLDER
+    target.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for tower in towers:
+        module, inputs, dynamic = _tower_program(model, tower)
+        names = GRAPH_NAMES[tower]
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=target) as tmp, _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                inputs,
+                input_names=list(dynamic),
+                output_names=["text_embeds" if tower == "text" else "image_embeds"],
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
+            program.save(str(Path(tmp) / names), external_data=True)
+            for produced in sorted(Path(tmp).iterdir(), key=lambda p: p.suffix == ".onnx"):  # data, then graph
+                os.replace(produced, target / produced.name)
+        written[tower] = target / names
+    metadata = {
+        "logit_scale": float(model.logit_scale.detach()),
+        "towers": {tower: GRAPH_NAMES[tower] for tower in TOWERS if (target / GRAPH_NAMES[tower]).exists()},
+        "opset": opset,
+        "torch": torch.__version__,
+    }
+    checkpoint.atomic_write_bytes(target / METADATA_NAME, json.dumps(metadata, indent=2).encode())
+    model.config.save_pretrained(folder)
+    return written
+
+
+def require(module: str) -> Any:
+    """Import an optional dependency of the ONNX extra, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{module} is needed for ONNX export and inference: pip install 'altclip[onnx]'") from err
+
+
+def _session_options(threads: int | None):
+    ort = require("onnxruntime")
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+class OnnxModel:
+    """An export folder run in ONNX Runtime, with ``DualEncoderModel``'s feature methods.
+
+    Sessions open on first use, so a folder with one tower serves that tower's tasks.
+    """
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(
+        self, folder: Path, config: DualEncoderConfig, providers: Sequence[str] | None, threads: int | None
+    ) -> None:
+        self.folder = folder
+        self.config = config
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self.threads = threads
+        metadata = json.loads((folder / ONNX_FOLDER / METADATA_NAME).read_text(encoding="utf-8"))
+        self.logit_scale = torch.tensor(metadata["logit_scale"])
+        self.graphs = {tower: folder / ONNX_FOLDER / name for tower, name in metadata["towers"].items()}
+        self._sessions: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, providers: Sequence[str] | None = None, threads: int | None = None
+    ) -> OnnxModel:
+        folder = Path(folder)
+        if not (folder / ONNX_FOLDER / METADATA_NAME).is_file():
+            raise FileNotFoundError(
+                f"{folder} is not an ONNX export (no {ONNX_FOLDER}/{METADATA_NAME}); write one with "
+                f"`altclip export onnx --model MODEL --out {folder}`"
+            )
+        file_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config_cls = AltCLIPConfig if file_config.get("model_type") == "altclip" else CLIPConfig
+        return cls(folder, config_cls.from_file_dict(file_config), providers, threads)
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def session(self, tower: str):
+        if tower not in self._sessions:
+            if tower not in self.graphs:
+                raise ValueError(f"{self.folder} has no {tower} graph (exported: {sorted(self.graphs)})")
+            ort = require("onnxruntime")
+            self._sessions[tower] = ort.InferenceSession(
+                str(self.graphs[tower]), _session_options(self.threads), providers=self.providers
+            )
+        return self._sessions[tower]
+
+    def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(batch, projection_dim) float32, as ``DualEncoderModel.get_text_features``."""
+        longest = max_text_tokens(self.config)
+        if input_ids.ndim != 2 or input_ids.shape[1] > longest:
+            raise ValueError(
+                f"input_ids must be (batch, length) with length at most {longest}, got shape {tuple(input_ids.shape)}"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        feeds = {"input_ids": _numpy(input_ids, np.int64), "attention_mask": _numpy(attention_mask, np.int64)}
+        return torch.from_numpy(self.session("text").run(None, feeds)[0])
+
+    def get_image_features(self, pixel_values: Tensor) -> Tensor:
+        """(batch, projection_dim) float32, as ``DualEncoderModel.get_image_features``."""
+        feeds = {"pixel_values": _numpy(pixel_values, np.float32)}
+        return torch.from_numpy(self.session("vision").run(None, feeds)[0])
+
+
+def _numpy(x: Tensor, dtype: type) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=dtype)
