@@ -3,9 +3,10 @@
     .venv/bin/altclip demo --out altclip-demo            # once: trains the model this measures
     .venv/bin/python benchmarks/accuracy.py altclip-demo
 
-For each mode (int8 dynamic quantization; bfloat16): the cosine between its embeddings and float32's
-(images and every language's names), and zero-shot top-1 over the held-out emoji (each image classified
-among all their English / Chinese names): the mode's accuracy and how often its top-1 equals float32's.
+For each mode (int8 dynamic quantization; bfloat16; float16; torch.compile; ONNX Runtime on an export
+written here): the cosine between its embeddings and float32's (images and every language's names), and
+zero-shot top-1 over the held-out emoji (each image classified among all their English / Chinese names):
+the mode's accuracy and how often its top-1 equals float32's. Seconds include compilation for compile.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from altclip.export import export_onnx
 from altclip.tables import format_table
 from altclip.tasks import Embedder
 
@@ -41,8 +44,21 @@ def main() -> int:
     ref_images, ref_texts = reference.embed_images(images), reference.embed_texts(texts)
     labels = torch.arange(len(test))
     rows, data = [], {}
-    for mode in ("float32", "int8", "bfloat16"):
-        embedder = Embedder.from_pretrained(model, dtype=mode, batch_size=64)
+    modes = {
+        "float32": {"dtype": "float32"},
+        "int8": {"dtype": "int8"},
+        "bfloat16": {"dtype": "bfloat16"},
+        "float16": {"dtype": "float16"},
+        "compile": {"backend": "compile"},
+        "onnx": {"backend": "onnx"},
+    }
+    scratch = tempfile.TemporaryDirectory(prefix="altclip-onnx-")
+    exported = Path(scratch.name)
+    for mode, options in modes.items():
+        if mode == "onnx":
+            export_onnx(reference.model, exported)
+            reference.processor.save_pretrained(exported)
+        embedder = Embedder.from_pretrained(exported if mode == "onnx" else model, batch_size=64, **options)
         start = time.perf_counter()
         vectors_i, vectors_t = embedder.embed_images(images).float(), embedder.embed_texts(texts).float()
         seconds = time.perf_counter() - start
@@ -74,6 +90,7 @@ def main() -> int:
                 f"{entry['same_top1_zh']:.1f}",
             ]
         )
+    scratch.cleanup()
     print(f"{len(images)} held-out emoji, {len(texts)} names, model {model}")
     print(
         format_table(

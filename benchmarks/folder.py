@@ -160,8 +160,8 @@ def altclip_embed(folder: Path, photos: Path, out: Path, batch_size: int, worker
         photos, out, embedder, str(folder), batch_size=batch_size, workers=workers, progress=False, **options
     )
     seconds = time.perf_counter() - start
-    assert summary["by_status"] == {"ok": summary["count"]}, summary
-    return summary["count"] / seconds
+    assert summary["embedded"] == summary["files"], summary
+    return summary["files"] / seconds
 
 
 def model_only(folder: Path, size: int, batch_size: int) -> float:
@@ -210,7 +210,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
                     f"{d['mean_levels']:.2f}",
                     f"{d['p99_levels']:.1f}",
                     f"{d['max_levels']:.1f}",
-                    f"{d['min_cosine']:.5f}",
+                    f"{d['min_cosine']:.6f}",
                 ]
                 for name, d in results["draft"].items()
             ],

@@ -117,6 +117,26 @@ def test_exif_orientation_is_applied_to_files(tmp_path):
     assert_pixels_equal(ours(tmp_path / "rotated.png"), ours(Image.fromarray(np.rot90(pixels, k=-1).copy())))
 
 
+def test_draft_decoding_shrinks_large_jpegs_and_stays_close_to_the_full_decode(tmp_path):
+    """The fast path (Pillow's JPEG draft mode) against the naive one (decode everything, then resize)."""
+    import skimage.data
+
+    photo = Image.fromarray(skimage.data.astronaut()).resize((1200, 900), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: draft scaling happens before the EXIF transpose
+    photo.save(tmp_path / "photo.jpg", quality=92, exif=exif)
+    photo.save(tmp_path / "photo.png")
+    full = load_image(tmp_path / "photo.jpg")
+    draft = load_image(tmp_path / "photo.jpg", draft_min_side=200)
+    assert full.size == (900, 1200)
+    assert draft.size == (225, 300)  # 1/4 scale: the largest that keeps the shorter side >= 200
+    assert load_image(tmp_path / "photo.png", draft_min_side=200).size == (1200, 900)  # only JPEGs shrink
+    settings = {"size": {"shortest_edge": 100}, "crop_size": {"height": 100, "width": 100}}
+    std = np.asarray(CLIPImageProcessor().image_std)[:, None, None]
+    levels = np.abs(ours(draft, **settings) - ours(full, **settings)) * std * 255  # 8-bit levels
+    assert 0 < levels.mean() < 1.0 and levels.max() < 16
+
+
 def test_bad_images_are_named(tmp_path, monkeypatch):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(ImageLoadError, match=r"broken\.jpg: not an image") as err:

@@ -60,6 +60,8 @@ def test_a_list_of_paths_and_folder_checks(tmp_path, image_folder, altclip_check
     assert summary["by_status"] == {"ok": 4, "missing": 1}
     with pytest.raises(ValueError, match="was made from model 'm', not 'other'"):
         embed_collection(listing, tmp_path / "out", embedder, "other", workers=0, progress=False)
+    with pytest.raises(ValueError, match="was made from draft False, not True"):  # decoding is part of the recipe
+        embed_collection(listing, tmp_path / "out", embedder, "m", workers=0, progress=False, draft=True)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "something").write_text("x")
     with pytest.raises(ValueError, match="not empty"):

@@ -189,8 +189,9 @@ def _open(out: Path, source: str | Path, model: str, shard_size: int, dim: int, 
         collection = Collection.open(out)
         manifest = collection.manifest
         for key, value in (("source", str(source)), ("model", model), ("draft", draft)):
-            if manifest.get(key, False) != value:
-                raise ValueError(f"{out} was made from {key} {manifest[key]!r}, not {value!r}; use a new --out folder")
+            made = manifest.get(key, False)  # folders from before draft decoding decoded in full
+            if made != value:
+                raise ValueError(f"{out} was made from {key} {made!r}, not {value!r}; use a new --out folder")
         return collection
     # a run killed before its manifest was written leaves at most files.json and temporary files
     if out.exists() and any(p.name != FILES and not p.name.startswith(".") for p in out.iterdir()):
