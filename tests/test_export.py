@@ -82,3 +82,20 @@ def test_cli_export_then_tasks_on_onnx_runtime(tmp_path, capsys, altclip_checkpo
     assert_close(Embedder.from_pretrained(out, backend="onnx").classify(images, labels, lang="zh"), expected)
     code = main(["classify", *images, "--labels", *labels, "--lang", "zh", "--model", str(out), "--backend", "onnx"])
     assert code == 0 and "猫" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_real_size_export_matches_transformers(tmp_path):
+    """BAAI/AltCLIP sizes: XLM-R-large's graph is over protobuf's 2 GB, so its weights go beside it."""
+    from tests.test_models import BAAI_ALTCLIP
+
+    theirs, folder = saved_transformers_model(tmp_path, "AltCLIPModel", BAAI_ALTCLIP, "altclip", attn="sdpa")
+    graphs = export_onnx(altclip.AltCLIPModel.from_pretrained(folder), tmp_path / "exported")
+    assert graphs["text"].with_name("text_model.onnx.data").stat().st_size > 2 * 10**9
+    exported = OnnxModel.from_pretrained(tmp_path / "exported")
+    ids, mask = altclip_inputs({"text_config": {"vocab_size": 250002}}, [77, 12, 40, 5])
+    px = pixels(3, 224)
+    with torch.no_grad():
+        text = assert_close(exported.get_text_features(ids, mask), theirs.get_text_features(ids, mask).pooler_output)
+        image = assert_close(exported.get_image_features(px), theirs.get_image_features(px).pooler_output)
+    print(f"\nONNX Runtime at BAAI/AltCLIP sizes: max abs difference text {text:.3g}, image {image:.3g}")

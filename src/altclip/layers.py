@@ -13,7 +13,11 @@ from torch.utils.checkpoint import checkpoint
 
 
 def quick_gelu(x: Tensor) -> Tensor:
-    return x * torch.sigmoid(1.702 * x)
+    """x * sigmoid(1.702 x). Without autograd, the sigmoid and the product work in place in the one
+    temporary: the same values, half the memory traffic of CLIP's MLP activation (the largest tensor)."""
+    if x.requires_grad:
+        return x * torch.sigmoid(1.702 * x)
+    return torch.sigmoid_(1.702 * x).mul_(x)
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
