@@ -3,10 +3,11 @@
     .venv/bin/altclip demo --out altclip-demo            # once: trains the model this measures
     .venv/bin/python benchmarks/accuracy.py altclip-demo
 
-For each mode (int8 dynamic quantization; bfloat16; float16; torch.compile; ONNX Runtime on an export
-written here): the cosine between its embeddings and float32's (images and every language's names), and
-zero-shot top-1 over the held-out emoji (each image classified among all their English / Chinese names):
-the mode's accuracy and how often its top-1 equals float32's. Seconds include compilation for compile.
+For each mode (int8 dynamic quantization; bfloat16; float16; torch.compile; ONNX Runtime on exports
+written here, float32 and int8): the cosine between its embeddings and float32's (images and every
+language's names), and zero-shot top-1 over the held-out emoji (each image classified among all their
+English / Chinese names): the mode's accuracy and how often its top-1 equals float32's. Seconds include
+compilation for compile.
 """
 
 from __future__ import annotations
@@ -51,14 +52,16 @@ def main() -> int:
         "float16": {"dtype": "float16"},
         "compile": {"backend": "compile"},
         "onnx": {"backend": "onnx"},
+        "onnx-int8": {"backend": "onnx"},
     }
     scratch = tempfile.TemporaryDirectory(prefix="altclip-onnx-")
     exported = Path(scratch.name)
     for mode, options in modes.items():
-        if mode == "onnx":
-            export_onnx(reference.model, exported)
-            reference.processor.save_pretrained(exported)
-        embedder = Embedder.from_pretrained(exported if mode == "onnx" else model, batch_size=64, **options)
+        if mode.startswith("onnx"):
+            export_onnx(reference.model, exported / mode, quantize="int8" if mode == "onnx-int8" else None)
+            reference.processor.save_pretrained(exported / mode)
+        source = exported / mode if mode.startswith("onnx") else model
+        embedder = Embedder.from_pretrained(source, batch_size=64, **options)
         start = time.perf_counter()
         vectors_i, vectors_t = embedder.embed_images(images).float(), embedder.embed_texts(texts).float()
         seconds = time.perf_counter() - start

@@ -1,5 +1,5 @@
-"""Speed and memory of altclip (float32, int8, torch.compile, ONNX Runtime) against transformers'
-AltCLIPModel (eager and sdpa), in one run.
+"""Speed and memory of altclip (float32, int8, torch.compile, ONNX Runtime float32 and int8) against
+transformers' AltCLIPModel (eager and sdpa), in one run.
 
     .venv/bin/python benchmarks/speed.py                 # BAAI/AltCLIP sizes (ViT-L/14 + XLM-R-large)
     .venv/bin/python benchmarks/speed.py --size small    # a quick run on a small model
@@ -71,6 +71,7 @@ IMPLEMENTATIONS = (
     "altclip-int8",
     "altclip-compile",
     "altclip-onnx",
+    "altclip-onnx-int8",
 )
 
 
@@ -141,10 +142,10 @@ def load(impl: str, folder: Path):
         return model, text, image
     import altclip
 
-    if impl == "altclip-onnx":
+    if impl.startswith("altclip-onnx"):
         from altclip.export import OnnxModel
 
-        model = OnnxModel.from_pretrained(folder / "onnx-export")
+        model = OnnxModel.from_pretrained(folder / impl)
         return model, model.get_text_features, model.get_image_features
     model = altclip.AltCLIPModel.from_pretrained(folder)
     if impl == "altclip-int8":
@@ -227,14 +228,14 @@ def prepare(folder: Path, size: str, texts: list[str]) -> dict[str, Any]:
     return config
 
 
-def export(folder: Path) -> float:
-    """Write the ONNX export the altclip-onnx worker runs; returns the seconds it took."""
+def export(folder: Path, impl: str, quantize: str | None) -> float:
+    """Write the ONNX export an altclip-onnx worker runs; returns the seconds it took."""
     import altclip
     from altclip.export import export_onnx
 
     start = time.perf_counter()
-    export_onnx(altclip.AltCLIPModel.from_pretrained(folder), folder / "onnx-export")
-    altclip.XLMRobertaTokenizer.from_pretrained(folder).save_pretrained(folder / "onnx-export")
+    export_onnx(altclip.AltCLIPModel.from_pretrained(folder), folder / impl, quantize=quantize)
+    altclip.XLMRobertaTokenizer.from_pretrained(folder).save_pretrained(folder / impl)
     return time.perf_counter() - start
 
 
@@ -365,9 +366,10 @@ def main() -> int:
         folder = Path(tmp)
         config = prepare(folder, args.size, texts)
         (folder / "bench.json").write_text(json.dumps(config))
-        if "altclip-onnx" in args.only:
-            print("exporting to ONNX ...", file=sys.stderr, flush=True)
-            print(f"ONNX export: {export(folder):.0f} s", file=sys.stderr, flush=True)
+        for impl, quantize in (("altclip-onnx", None), ("altclip-onnx-int8", "int8")):
+            if impl in args.only:
+                print(f"exporting {impl} ...", file=sys.stderr, flush=True)
+                print(f"{impl} export: {export(folder, impl, quantize):.0f} s", file=sys.stderr, flush=True)
         reference(folder, config)
         ceiling = matmul_ceiling()
         results = {}

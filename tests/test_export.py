@@ -74,7 +74,8 @@ def test_cli_export_then_tasks_on_onnx_runtime(tmp_path, capsys, altclip_checkpo
     code = main(["export", "onnx", "--model", str(altclip_checkpoint), "--out", str(out), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and [r["tower"] for r in report] == ["text", "vision"]
-    assert json.loads((out / ONNX_FOLDER / METADATA_NAME).read_text())["towers"].keys() == {"text", "vision"}
+    towers = json.loads((out / ONNX_FOLDER / METADATA_NAME).read_text())["towers"]
+    assert towers == {t: {"graph": f"{t}_model.onnx", "quantize": None} for t in ("text", "vision")}
     assert not list((out / ONNX_FOLDER).glob(".export-*"))  # no temporary folders left
     images = [str(p) for p in sorted(image_folder.glob("img*"))[:3]]
     labels = ["猫", "狗", "鸟"]
@@ -82,6 +83,33 @@ def test_cli_export_then_tasks_on_onnx_runtime(tmp_path, capsys, altclip_checkpo
     assert_close(Embedder.from_pretrained(out, backend="onnx").classify(images, labels, lang="zh"), expected)
     code = main(["classify", *images, "--labels", *labels, "--lang", "zh", "--model", str(out), "--backend", "onnx"])
     assert code == 0 and "猫" in capsys.readouterr().out
+
+
+def test_int8_export_is_quantized_and_close(tmp_path, altclip_checkpoint, capsys):
+    import onnx
+
+    out = tmp_path / "int8"
+    assert main(["export", "onnx", "--model", str(altclip_checkpoint), "--out", str(out), "--quantize", "int8"]) == 0
+    table = capsys.readouterr().out
+    assert "int8" in table and "min cosine" in table
+    for tower in ("text", "vision"):
+        graph = onnx.load(str(out / ONNX_FOLDER / f"{tower}_model.onnx"))
+        ops = {node.op_type for node in graph.graph.node}
+        assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, ops  # really another computation
+        weights = {init.name for init in graph.graph.initializer}
+        float_matmuls = [n for n in graph.graph.node if n.op_type == "MatMul" and weights & set(n.input)]
+        assert not float_matmuls  # every MatMul by a weight was quantized (attention's q k^T stays float)
+    exported = Embedder.from_pretrained(out, backend="onnx")
+    assert exported.model.quantized == {"text": "int8", "vision": "int8"}
+    reference = Embedder.from_pretrained(altclip_checkpoint)
+    texts = ["a photo of a cat", "一张狗的照片", "猫の写真"]
+    cosine = (exported.embed_texts(texts) * reference.embed_texts(texts)).sum(-1)
+    assert cosine.min() > 0.99
+    px = pixels(3, 32)
+    cosine = (exported.embed_pixels(px) * reference.embed_pixels(px)).sum(-1)
+    assert cosine.min() > 0.99
+    with pytest.raises(ValueError, match="quantize must be None or 'int8'"):
+        export_onnx(reference.model, tmp_path / "x", quantize="int4")
 
 
 @pytest.mark.slow

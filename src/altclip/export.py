@@ -5,11 +5,15 @@ An export folder is a model folder whose weights live in ONNX graphs::
     config.json, tokenizer and preprocessor files   (the processor loads from the folder as usual)
     onnx/text_model.onnx    input_ids, attention_mask (batch, sequence) int64 -> text_embeds (batch, dim)
     onnx/vision_model.onnx  pixel_values (batch, 3, size, size) float32        -> image_embeds (batch, dim)
-    onnx/export.json        logit_scale, opset, the exporter's versions
+    onnx/export.json        logit_scale, opset, quantization, the exporter's versions
 
 Each graph computes ``get_text_features`` / ``get_image_features``: projected, not normalised. Graphs
-over 2 GB (XLM-R-large) keep their weights beside them in ``*.onnx.data``. ``OnnxModel`` runs the folder
-with the same feature methods as the PyTorch models, so ``Embedder`` and every task take it unchanged.
+over 2 GB (XLM-R-large) keep their weights beside them in ``*.onnx.data``. ``quantize="int8"`` writes
+the graphs with ONNX Runtime's dynamic int8 quantization of every MatMul by a weight and of the patch
+convolution (signed int8 weights, activations quantized per batch on the fly); embeddings, LayerNorms and
+attention's own products stay float32.
+``OnnxModel`` runs the folder with the same feature methods as the PyTorch models, so ``Embedder`` and
+every task take it unchanged.
 """
 
 from __future__ import annotations
@@ -99,20 +103,38 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def quantize_graph(source: Path, target: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantization of ``source``'s weights, written to ``target`` (+ ``.data``)."""
+    onnx = require("onnx")
+    quantization = require("onnxruntime.quantization")
+    graph = onnx.load(str(source))
+    del graph.graph.value_info[:]  # the exporter's shape notes trip quantize_dynamic's own shape inference
+    clean = source.with_name(f"unannotated-{source.name}")
+    onnx.save(graph, str(clean), save_as_external_data=True, location=f"{clean.name}.data")
+    del graph
+    quantization.quantize_dynamic(
+        clean, target, weight_type=quantization.QuantType.QInt8, use_external_data_format=True
+    )
+
+
 def export_onnx(
     model: DualEncoderModel,
     folder: str | Path,
     towers: Sequence[str] = TOWERS,
     opset: int = DEFAULT_OPSET,
+    quantize: str | None = None,
 ) -> dict[str, Path]:
     """Export ``towers`` of a float32 CPU model to ``folder/onnx/`` and write ``folder/config.json``.
 
-    Each graph is written in a temporary folder and then renamed into place, its weight file first, so
-    an interrupted export never leaves a graph without its weights. Returns tower -> graph path.
+    ``quantize``: None (float32 graphs) or "int8" (see the module docstring). Each graph is written in a
+    temporary folder and then renamed into place, its weight file first, so an interrupted export never
+    leaves a graph without its weights. Returns tower -> graph path.
     """
     unknown = sorted(set(towers) - set(TOWERS))
     if unknown or not towers:
         raise ValueError(f"towers must be some of {list(TOWERS)}, got {list(towers)}")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if model.dtype != torch.float32 or model.device.type != "cpu":
         raise ValueError(
             f"export a float32 model on the CPU (got {model.dtype} on {model.device}); ONNX Runtime picks "
@@ -138,17 +160,28 @@ def export_onnx(
                 dynamo=True,
                 verbose=False,
             )
-            program.save(str(Path(tmp) / names), external_data=True)
-            for produced in sorted(Path(tmp).iterdir(), key=lambda p: p.suffix == ".onnx"):  # data, then graph
+            exported = Path(tmp) / "float32" / names
+            exported.parent.mkdir()
+            program.save(str(exported), external_data=True)
+            del program
+            if quantize:
+                (Path(tmp) / "int8").mkdir()
+                quantize_graph(exported, Path(tmp) / "int8" / names)
+            final = Path(tmp) / (quantize or "float32")
+            for produced in sorted(final.glob(f"{names}*"), key=lambda p: p.suffix == ".onnx"):  # data, then graph
                 os.replace(produced, target / produced.name)
         written[tower] = target / names
+    metadata_path = target / METADATA_NAME
+    previous = json.loads(metadata_path.read_text(encoding="utf-8")) if metadata_path.exists() else {}
+    graphs = previous.get("towers", {})
+    graphs.update({tower: {"graph": GRAPH_NAMES[tower], "quantize": quantize} for tower in written})
     metadata = {
         "logit_scale": float(model.logit_scale.detach()),
-        "towers": {tower: GRAPH_NAMES[tower] for tower in TOWERS if (target / GRAPH_NAMES[tower]).exists()},
+        "towers": graphs,
         "opset": opset,
         "torch": torch.__version__,
     }
-    checkpoint.atomic_write_bytes(target / METADATA_NAME, json.dumps(metadata, indent=2).encode())
+    checkpoint.atomic_write_bytes(metadata_path, json.dumps(metadata, indent=2).encode())
     model.config.save_pretrained(folder)
     return written
 
@@ -189,7 +222,8 @@ class OnnxModel:
         self.threads = threads
         metadata = json.loads((folder / ONNX_FOLDER / METADATA_NAME).read_text(encoding="utf-8"))
         self.logit_scale = torch.tensor(metadata["logit_scale"])
-        self.graphs = {tower: folder / ONNX_FOLDER / name for tower, name in metadata["towers"].items()}
+        self.graphs = {tower: folder / ONNX_FOLDER / t["graph"] for tower, t in metadata["towers"].items()}
+        self.quantized = {tower: t["quantize"] for tower, t in metadata["towers"].items()}
         self._sessions: dict[str, Any] = {}
 
     @classmethod
