@@ -14,7 +14,8 @@ photographs, upscaled, with sensor-like grain so that they carry fine detail. Me
 - the model alone (image embeddings/s, batch 32), so the share of preprocessing in the whole is visible;
 - the whole job: transformers as its docs do it (open, process, ``get_image_features``, batches of 32)
   against ``altclip embed`` (worker processes decode while the model runs; shards written to disk) with
-  the exact decode, draft decoding (its default), draft + torch.compile, and draft + int8.
+  the exact decode, draft decoding (its default), draft + torch.compile, draft + int8, and draft + an
+  ONNX export quantized to int8 (`--backend onnx`; the export is not timed).
 """
 
 from __future__ import annotations
@@ -154,6 +155,15 @@ def altclip_embed(folder: Path, photos: Path, out: Path, batch_size: int, worker
     from altclip.tasks.collection import embed_collection
 
     dtype, backend = options.pop("dtype", None), options.pop("backend", "torch")
+    if backend == "onnx":  # the vision tower exported with ONNX Runtime's int8 quantization
+        import altclip
+        from altclip.export import export_onnx
+
+        model = altclip.AltCLIPModel.from_pretrained(folder)
+        export_onnx(model, out.with_name("onnx-int8"), towers=["vision"], quantize="int8")
+        altclip.AltCLIPProcessor.from_pretrained(folder).save_pretrained(out.with_name("onnx-int8"))
+        del model
+        folder = out.with_name("onnx-int8")
     embedder = Embedder.from_pretrained(folder, dtype=dtype, batch_size=batch_size, backend=backend)
     size = embedder.processor.image_processor.crop_size["height"]
     embedder.embed_pixels(torch.randn(1, 3, size, size))
@@ -283,6 +293,7 @@ def main() -> int:
             ("altclip embed (draft decoding)", {"draft": True}),
             ("altclip embed --backend compile", {"draft": True, "backend": "compile"}),
             ("altclip embed --dtype int8", {"draft": True, "dtype": "int8"}),
+            ("altclip embed --backend onnx (int8 export)", {"draft": True, "backend": "onnx"}),
         ):
             print(f"{name} ...", file=sys.stderr, flush=True)
             out = tmp / f"out-{len(e2e)}"
