@@ -31,16 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from speed import SIZES, flops_per_image  # benchmarks/speed.py, beside this script
 
 VISION = {
-    "real": {  # ViT-L/14, as BAAI/AltCLIP and openai/clip-vit-large-patch14
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "patch_size": 14,
-        "image_size": 224,
-    },
+    "real": SIZES["real"]["vision_config"],  # ViT-L/14, as BAAI/AltCLIP and openai/clip-vit-large-patch14
     "base": {  # ViT-B/32, as openai/clip-vit-base-patch32
         "hidden_size": 768,
         "intermediate_size": 3072,
@@ -256,7 +250,6 @@ def main() -> int:
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
     import transformers
-    from speed import flops_per_image
 
     width, height = (int(v) for v in args.photo.lower().split("x"))
     vision = VISION[args.size]

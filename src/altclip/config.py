@@ -107,7 +107,7 @@ class TowerConfig(Config):
 
     @classmethod
     def from_file_dict(cls: type[C], values: dict[str, Any]) -> C:
-        composite = _COMPOSITES.get(values.get("model_type", ""))
+        composite = COMPOSITE_CONFIGS.get(values.get("model_type", ""))
         if composite is not None and cls.composite_key in {f.name for f in dataclasses.fields(composite)}:
             return getattr(composite.from_dict(values), cls.composite_key)
         return cls.from_dict(values)
@@ -136,6 +136,11 @@ class CLIPTextConfig(TowerConfig):
     pad_token_id: int = 1
     bos_token_id: int = 49406
     eos_token_id: int = 49407
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest sequence the position table holds."""
+        return self.max_position_embeddings
 
 
 @dataclass
@@ -280,4 +285,4 @@ class AltCLIPConfig(DualEncoderConfig):
     projection_dim: int = 768
 
 
-_COMPOSITES: dict[str, type[DualEncoderConfig]] = {"clip": CLIPConfig, "altclip": AltCLIPConfig}
+COMPOSITE_CONFIGS: dict[str, type[DualEncoderConfig]] = {"clip": CLIPConfig, "altclip": AltCLIPConfig}

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from altclip import checkpoint
-from altclip.config import AltCLIPConfig, AltCLIPTextConfig, CLIPConfig, DualEncoderConfig
+from altclip.config import COMPOSITE_CONFIGS, CONFIG_NAME, DualEncoderConfig
 from altclip.models import DualEncoderModel
 
 ONNX_FOLDER = "onnx"
@@ -66,16 +66,11 @@ class ImageFeatures(nn.Module):
         return self.model.get_image_features(pixel_values)
 
 
-def max_text_tokens(config: DualEncoderConfig) -> int:
-    text = config.text_config  # type: ignore[attr-defined]
-    return text.max_tokens if isinstance(text, AltCLIPTextConfig) else text.max_position_embeddings
-
-
 def _tower_program(model: DualEncoderModel, tower: str) -> tuple[nn.Module, tuple[Tensor, ...], dict[str, Any]]:
     """The module to trace, example inputs, and which of their dimensions stay dynamic."""
     batch = torch.export.Dim("batch", min=1, max=65_536)
     if tower == "text":
-        longest = max_text_tokens(model.config)
+        longest = model.config.text_config.max_tokens  # type: ignore[attr-defined]
         sequence = torch.export.Dim("sequence", min=1, max=longest)
         width = min(8, longest)
         vocab = model.config.text_config.vocab_size  # type: ignore[attr-defined]
@@ -236,8 +231,12 @@ class OnnxModel:
                 f"{folder} is not an ONNX export (no {ONNX_FOLDER}/{METADATA_NAME}); write one with "
                 f"`altclip export onnx --model MODEL --out {folder}`"
             )
-        file_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        config_cls = AltCLIPConfig if file_config.get("model_type") == "altclip" else CLIPConfig
+        file_config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        config_cls = COMPOSITE_CONFIGS.get(file_config.get("model_type", ""))
+        if config_cls is None:
+            raise ValueError(
+                f"{folder}: model_type {file_config.get('model_type')!r} is not one of {sorted(COMPOSITE_CONFIGS)}"
+            )
         return cls(folder, config_cls.from_file_dict(file_config), providers, threads)
 
     def eval(self) -> OnnxModel:
@@ -255,7 +254,7 @@ class OnnxModel:
 
     def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """(batch, projection_dim) float32, as ``DualEncoderModel.get_text_features``."""
-        longest = max_text_tokens(self.config)
+        longest = self.config.text_config.max_tokens  # type: ignore[attr-defined]
         if input_ids.ndim != 2 or input_ids.shape[1] > longest:
             raise ValueError(
                 f"input_ids must be (batch, length) with length at most {longest}, got shape {tuple(input_ids.shape)}"

@@ -269,7 +269,7 @@ class CLIPTextTransformer(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> BaseModelOutputWithPooling:
-        check_token_ids(input_ids, self.config.vocab_size, self.config.max_position_embeddings)
+        check_token_ids(input_ids, self.config.vocab_size, self.config.max_tokens)
         x = self.embeddings(input_ids, position_ids)  # (batch, length, hidden)
         mask = causal_mask(x.shape[1], attention_mask, x.dtype, x.device)
         out = self.encoder(x, mask, output_hidden_states, output_attentions)

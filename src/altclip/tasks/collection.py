@@ -288,13 +288,12 @@ def embed_files(
     batch_size: int = 32,
     workers: int = 2,
     progress: bool = True,
-    draft: bool = False,
 ) -> tuple[torch.Tensor, list[Record]]:
     """Unit vectors of the readable files, in order, and a record (status, size, error) per file."""
     vectors: dict[int, np.ndarray] = {}
     records: list[Record] = []
     with tqdm(total=len(paths), unit="img", desc="embedding images", disable=not progress, dynamic_ncols=True) as bar:
-        for batch in _records(embedder, paths, list(range(len(paths))), batch_size, workers, draft):
+        for batch in _records(embedder, paths, list(range(len(paths))), batch_size, workers, draft=False):
             vectors.update(_embed_records(embedder, batch))
             for r in batch:
                 r.pixels = None

@@ -51,10 +51,7 @@ def family_of(name_or_path: str | Path, **hub: Any) -> str:
 
 def text_token_limit(text_config: AltCLIPTextConfig | CLIPTextConfig, tokenizer: Tokenizer) -> int:
     """The longest token sequence both the text tower's position table and the tokenizer allow."""
-    positions = (
-        text_config.max_tokens if isinstance(text_config, AltCLIPTextConfig) else text_config.max_position_embeddings
-    )
-    return min(positions, tokenizer.model_max_length)
+    return min(text_config.max_tokens, tokenizer.model_max_length)
 
 
 class Embedder:
