@@ -143,7 +143,7 @@ def load(impl: str, folder: Path):
     import altclip
 
     if impl.startswith("altclip-onnx"):
-        from altclip.export import OnnxModel
+        from altclip.onnx_model import OnnxModel
 
         model = OnnxModel.from_pretrained(folder / impl)
         return model, model.get_text_features, model.get_image_features
@@ -153,7 +153,7 @@ def load(impl: str, folder: Path):
 
         model = quantize_int8(model)
     if impl == "altclip-compile":
-        from altclip.tasks.embedding import compile_towers
+        from altclip.runtime import compile_towers
 
         compile_towers(model)
     return model, model.get_text_features, model.get_image_features
@@ -199,7 +199,7 @@ def run_mixed(impl: str, model, folder: Path, texts: list[str]) -> dict[str, flo
             padded += inputs["input_ids"].numel()
             model.get_text_features(**inputs)
     else:
-        from altclip.tasks.embedding import Embedder
+        from altclip.embedding import Embedder
 
         embedder = Embedder(model, altclip.AltCLIPProcessor(altclip.CLIPImageProcessor(), tokenizer), batch_size=32)
         embedder.embed_texts(texts)

@@ -9,7 +9,8 @@ import torch
 
 import altclip
 from altclip.cli import main
-from altclip.export import METADATA_NAME, ONNX_FOLDER, OnnxModel, export_onnx
+from altclip.export import export_onnx
+from altclip.onnx_model import METADATA_NAME, ONNX_FOLDER, OnnxModel
 from altclip.tasks import Embedder
 from tests.conftest import ALTCLIP_CONFIGS, CLIP_CONFIGS, assert_close, pixels, saved_transformers_model
 from tests.test_models import altclip_inputs, clip_inputs

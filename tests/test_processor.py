@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -101,3 +102,85 @@ def test_sentencepiece_only_folder_is_a_complete_processor(tmp_path, xlmr_folder
     processor = altclip.AltCLIPProcessor.from_pretrained(folder)
     expected = transformers.AltCLIPProcessor.from_pretrained(folder)(text=["狗"], return_tensors="pt")
     assert torch.equal(processor(text=["狗"], return_tensors="pt").input_ids, expected.input_ids)
+
+
+PROCESSORS = {
+    "altclip": (altclip.AltCLIPProcessor, transformers.AltCLIPProcessor, "xlmr_folder"),
+    "clip": (altclip.CLIPProcessor, transformers.CLIPProcessor, "clip_folder"),
+}
+
+
+def saved_by_transformers(folder: Path, source: Path, family: str, shortest_edge: int) -> Path:
+    """``folder``: the model of ``source`` with its processor saved by the installed transformers (5: the image
+    processor nested in processor_config.json, no preprocessor_config.json)."""
+    theirs_cls = PROCESSORS[family][1]
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.json", "*.model", "*.txt"))
+    shutil.copy(source / "config.json", folder)
+    image_processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": shortest_edge}, crop_size={"height": 32, "width": 32}
+    )
+    theirs_cls(image_processor=image_processor, tokenizer=theirs_cls.from_pretrained(source).tokenizer).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def both_outputs(folder: Path, family: str):
+    ours_cls, theirs_cls, _ = PROCESSORS[family]
+    ours, theirs = ours_cls.from_pretrained(folder), theirs_cls.from_pretrained(folder)
+    texts = ["a cat", "猫"]
+    return (
+        ours,
+        ours(text=texts, images=Image.open(CAT), return_tensors="pt", padding=True),
+        theirs(text=texts, images=Image.open(CAT), return_tensors="pt", padding=True),
+    )
+
+
+@pytest.mark.parametrize("family", ["altclip", "clip"])
+def test_folders_written_by_transformers_5_load(tmp_path, request, family, capsys):
+    from altclip.cli import main
+    from altclip.tasks import Embedder
+
+    source = tiny_checkpoint(tmp_path / "source", request.getfixturevalue(PROCESSORS[family][2]), family)
+    folder = saved_by_transformers(tmp_path / "tf", source, family, shortest_edge=40)
+    if transformers.__version__.startswith("5."):
+        assert (folder / "processor_config.json").is_file() and not (folder / "preprocessor_config.json").exists()
+    ours, a, b = both_outputs(folder, family)
+    assert ours.image_processor.size == {"shortest_edge": 40}  # read from the nested settings, not a default
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
+    assert_close(a.pixel_values, b.pixel_values, atol=1e-6)
+    # the layers above read the folder too: Embedder and a command
+    embedder = Embedder.from_pretrained(folder)
+    assert embedder.embed_images([CAT]).shape == (1, 16)
+    assert main(["classify", str(CAT), "--model", str(folder), "--labels", "cat", "dog", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["predictions"][0]["label"] in ("cat", "dog")
+
+    # saving into that folder keeps both files in step: transformers and altclip read the new settings
+    ours.image_processor.size = {"shortest_edge": 48}
+    ours.save_pretrained(folder)
+    ours, a, b = both_outputs(folder, family)
+    assert ours.image_processor.size == {"shortest_edge": 48}
+    assert_close(a.pixel_values, b.pixel_values, atol=1e-6)
+    nested = json.loads((folder / "processor_config.json").read_text())
+    assert nested["image_processor"]["size"] == {"shortest_edge": 48}
+
+
+@pytest.mark.parametrize("family", ["altclip", "clip"])
+def test_nested_settings_win_as_in_transformers(tmp_path, request, family):
+    source = tiny_checkpoint(tmp_path / "source", request.getfixturevalue(PROCESSORS[family][2]), family)
+    folder = saved_by_transformers(tmp_path / "tf", source, family, shortest_edge=40)
+    flat = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 32, "width": 32}).to_dict()
+    (folder / "preprocessor_config.json").write_text(json.dumps(flat))  # both layouts, disagreeing
+    ours, a, b = both_outputs(folder, family)
+    assert_close(a.pixel_values, b.pixel_values, atol=1e-6)  # the same choice as transformers
+    assert ours.image_processor.size == {"shortest_edge": 40}
+
+
+def test_missing_image_processor_settings_name_both_files(tmp_path, xlmr_folder):
+    folder = tiny_checkpoint(tmp_path / "m", xlmr_folder, "altclip")
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"neither preprocessor_config\.json nor an image_processor"):
+        altclip.AltCLIPProcessor.from_pretrained(folder)
+    (folder / "processor_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"processor_config\.json is not valid JSON"):
+        altclip.AltCLIPProcessor.from_pretrained(folder)

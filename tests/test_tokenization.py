@@ -187,3 +187,38 @@ def test_bad_calls_are_clear(xlmr_folder):
         tokenizer(["a", "a much longer text"], return_tensors="pt")
     with pytest.raises(FileNotFoundError, match=r"neither tokenizer\.json nor sentencepiece\.bpe\.model"):
         XLMRobertaTokenizer.from_pretrained(xlmr_folder.parent)
+
+
+@pytest.mark.parametrize("family", ["xlmr", "clip"])
+def test_truncation_equals_the_backends_own(family, request, corpus):
+    """Naive reference: a private copy of the backend with its own truncation switched on."""
+    from tokenizers import Tokenizer as Backend
+
+    ours = FAMILIES[family][0].from_pretrained(request.getfixturevalue(f"{family}_folder"))
+    texts = random.Random(1).sample(corpus, 300) + HARD_CASES
+    reference = Backend.from_str(ours.backend.to_str())
+    for limit in (2, 3, 4, 7, 16, 40):
+        reference.enable_truncation(limit)
+        expected = [e.ids for e in reference.encode_batch(texts)]
+        assert ours(texts, truncation=True, max_length=limit)["input_ids"] == expected, limit
+        unspecial = ours(texts, truncation=True, max_length=limit, add_special_tokens=False)["input_ids"]
+        assert unspecial == [e.ids for e in reference.encode_batch(texts, add_special_tokens=False)], limit
+    with pytest.raises(ValueError, match="max_length 1 leaves no room"):
+        ours(["a b c"], truncation=True, max_length=1)
+
+
+def test_one_tokenizer_shared_by_threads(xlmr_folder, corpus):
+    """Each call's truncation is its own: threads with different limits never see each other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokenizer = XLMRobertaTokenizer.from_pretrained(xlmr_folder)
+    rng = random.Random(2)
+    jobs = [(rng.sample(corpus, 64), rng.choice([4, 9, None])) for _ in range(96)]
+
+    def run(job):
+        texts, limit = job
+        return tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]
+
+    serial = [run(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(run, jobs)) == serial

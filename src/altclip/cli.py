@@ -237,9 +237,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export both towers to ONNX, copy the processor files, and compare ONNX Runtime with PyTorch."""
     import torch
 
-    from altclip.export import OnnxModel, export_onnx
-    from altclip.tasks import DEFAULT_MODEL
-    from altclip.tasks.embedding import FAMILIES, family_of
+    from altclip.export import export_onnx
+    from altclip.onnx_model import OnnxModel
+    from altclip.runtime import DEFAULT_MODEL, FAMILIES, family_of
 
     source = args.model or DEFAULT_MODEL
     model_cls, processor_cls = FAMILIES[family_of(source)]
@@ -317,9 +317,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.phase == "distill":
         phase = distillation_phase(args.teacher, args.student, args.data)
     else:
-        phase = contrastive_phase(args.model, args.data, freeze_vision=not args.unfreeze_vision)
+        phase = contrastive_phase(
+            args.model, args.data, freeze_vision=not args.unfreeze_vision, local_loss=args.local_loss
+        )
     trainer = Trainer(phase, training_config(args))
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
     if trainer.rank == 0:
         rows = [
             ("steps", summary["steps"]),
@@ -539,7 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs over the data)")
     g.add_argument("--epochs", type=int, default=1)
     g.add_argument("--batch-size", type=int, default=32, help="per process and micro-batch")
-    g.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step (contrastive: each micro-batch keeps its own negatives, "
+        "batch-size x processes rows; accumulation grows the step, not the negatives)",
+    )
     g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--warmup", type=int, default=0, help="linear warm-up steps before the cosine decay")
@@ -549,8 +560,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: only at the end)")
-    g.add_argument("--keep", type=int, default=2, help="checkpoints kept")
-    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    g.add_argument(
+        "--keep",
+        type=int,
+        default=2,
+        help="newest checkpoints kept (default 2); 0: none once the final model is written (the newest stays "
+        "while training, so --resume works after a crash)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --out (also a finished run, given more --steps or --epochs)",
+    )
     g.add_argument("--workers", type=int, default=0, help="data loading processes")
     g.add_argument("--device", default="auto")
     g.add_argument("--json", action="store_true")
@@ -583,13 +604,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="phase 2: symmetric InfoNCE on image-text pairs (JSONL or CSV: image, caption, lang)",
         description="Phase 2: the text tower learns against the frozen image tower with CLIP's symmetric InfoNCE and "
-        "learned logit scale; features are gathered across processes so negatives span the global batch.",
+        "learned logit scale (clamped at ln 100 after each step). Features are gathered across processes, so a "
+        "micro-batch's negatives are every process's rows (batch-size x processes); --accumulate adds steps' "
+        "samples, not negatives.",
         epilog="example:\n  altclip train contrastive --model run1/model --data pairs.jsonl --out run2 \\\n"
         "      --steps 5000 --batch-size 128 --lr 2e-5 --warmup 200 --precision bf16 --workers 4\n"
         "  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-endpoint HOST:29500 -m altclip.cli train contrastive ...",
     )
     p.add_argument("--model", required=True, help="the AltCLIP (or CLIP) model to train")
     p.add_argument("--unfreeze-vision", action="store_true", help="train the image tower too")
+    p.add_argument(
+        "--local-loss",
+        action="store_true",
+        help="each process scores its rows against the gathered batch (open_clip's local loss): the same "
+        "loss and gradients as the global one, in O(rows x global batch) memory",
+    )
     p.set_defaults(run=cmd_train)
     return parser
 

@@ -12,14 +12,12 @@ over 2 GB (XLM-R-large) keep their weights beside them in ``*.onnx.data``. ``qua
 the graphs with ONNX Runtime's dynamic int8 quantization of every MatMul by a weight and of the patch
 convolution (signed int8 weights, activations quantized per batch on the fly); embeddings, LayerNorms and
 attention's own products stay float32.
-``OnnxModel`` runs the folder with the same feature methods as the PyTorch models, so ``Embedder`` and
-every task take it unchanged.
+``altclip.onnx_model.OnnxModel`` runs the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -29,18 +27,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from altclip import checkpoint
-from altclip.config import COMPOSITE_CONFIGS, CONFIG_NAME, DualEncoderConfig
 from altclip.models import DualEncoderModel
+from altclip.onnx_model import GRAPH_NAMES, METADATA_NAME, ONNX_FOLDER, require
 
-ONNX_FOLDER = "onnx"
-METADATA_NAME = "export.json"
 TOWERS = ("text", "vision")
-GRAPH_NAMES = {"text": "text_model.onnx", "vision": "vision_model.onnx"}
 DEFAULT_OPSET = 18
 
 
@@ -179,96 +173,3 @@ def export_onnx(
     checkpoint.atomic_write_bytes(metadata_path, json.dumps(metadata, indent=2).encode())
     model.config.save_pretrained(folder)
     return written
-
-
-def require(module: str) -> Any:
-    """Import an optional dependency of the ONNX extra, or say how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{module} is needed for ONNX export and inference: pip install 'altclip[onnx]'") from err
-
-
-def _session_options(threads: int | None):
-    ort = require("onnxruntime")
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    return options
-
-
-class OnnxModel:
-    """An export folder run in ONNX Runtime, with ``DualEncoderModel``'s feature methods.
-
-    Sessions open on first use, so a folder with one tower serves that tower's tasks.
-    """
-
-    device = torch.device("cpu")
-    dtype = torch.float32
-
-    def __init__(
-        self, folder: Path, config: DualEncoderConfig, providers: Sequence[str] | None, threads: int | None
-    ) -> None:
-        self.folder = folder
-        self.config = config
-        self.providers = list(providers or ["CPUExecutionProvider"])
-        self.threads = threads
-        metadata = json.loads((folder / ONNX_FOLDER / METADATA_NAME).read_text(encoding="utf-8"))
-        self.logit_scale = torch.tensor(metadata["logit_scale"])
-        self.graphs = {tower: folder / ONNX_FOLDER / t["graph"] for tower, t in metadata["towers"].items()}
-        self.quantized = {tower: t["quantize"] for tower, t in metadata["towers"].items()}
-        self._sessions: dict[str, Any] = {}
-
-    @classmethod
-    def from_pretrained(
-        cls, folder: str | Path, providers: Sequence[str] | None = None, threads: int | None = None
-    ) -> OnnxModel:
-        folder = Path(folder)
-        if not (folder / ONNX_FOLDER / METADATA_NAME).is_file():
-            raise FileNotFoundError(
-                f"{folder} is not an ONNX export (no {ONNX_FOLDER}/{METADATA_NAME}); write one with "
-                f"`altclip export onnx --model MODEL --out {folder}`"
-            )
-        file_config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        config_cls = COMPOSITE_CONFIGS.get(file_config.get("model_type", ""))
-        if config_cls is None:
-            raise ValueError(
-                f"{folder}: model_type {file_config.get('model_type')!r} is not one of {sorted(COMPOSITE_CONFIGS)}"
-            )
-        return cls(folder, config_cls.from_file_dict(file_config), providers, threads)
-
-    def eval(self) -> OnnxModel:
-        return self
-
-    def session(self, tower: str):
-        if tower not in self._sessions:
-            if tower not in self.graphs:
-                raise ValueError(f"{self.folder} has no {tower} graph (exported: {sorted(self.graphs)})")
-            ort = require("onnxruntime")
-            self._sessions[tower] = ort.InferenceSession(
-                str(self.graphs[tower]), _session_options(self.threads), providers=self.providers
-            )
-        return self._sessions[tower]
-
-    def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """(batch, projection_dim) float32, as ``DualEncoderModel.get_text_features``."""
-        longest = self.config.text_config.max_tokens  # type: ignore[attr-defined]
-        if input_ids.ndim != 2 or input_ids.shape[1] > longest:
-            raise ValueError(
-                f"input_ids must be (batch, length) with length at most {longest}, got shape {tuple(input_ids.shape)}"
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        feeds = {"input_ids": _numpy(input_ids, np.int64), "attention_mask": _numpy(attention_mask, np.int64)}
-        return torch.from_numpy(self.session("text").run(None, feeds)[0])
-
-    def get_image_features(self, pixel_values: Tensor) -> Tensor:
-        """(batch, projection_dim) float32, as ``DualEncoderModel.get_image_features``."""
-        feeds = {"pixel_values": _numpy(pixel_values, np.float32)}
-        return torch.from_numpy(self.session("vision").run(None, feeds)[0])
-
-
-def _numpy(x: Tensor, dtype: type) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=dtype)

@@ -24,7 +24,8 @@ from altclip import checkpoint
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PREPROCESSOR_NAME = "preprocessor_config.json"
+PREPROCESSOR_NAME = "preprocessor_config.json"  # the image processor's own file: what every transformers reads
+PROCESSOR_NAME = "processor_config.json"  # transformers 5 writes only this, the image processor nested in it
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | Path
 
@@ -186,12 +187,34 @@ class CLIPImageProcessor:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **hub: Any) -> CLIPImageProcessor:
-        path = checkpoint.resolve_file(name_or_path, PREPROCESSOR_NAME, **hub)
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        """Read a folder or hub name as transformers does: the ``image_processor`` nested in
+        ``processor_config.json`` (transformers 5) when there is one, else ``preprocessor_config.json``."""
+        nested = checkpoint.resolve_file(name_or_path, PROCESSOR_NAME, required=False, **hub)
+        if nested is not None:
+            values = _read_json(nested).get("image_processor")
+            if isinstance(values, dict):
+                return cls.from_dict(values)
+        path = checkpoint.resolve_file(name_or_path, PREPROCESSOR_NAME, required=False, **hub)
+        if path is None:
+            raise checkpoint.CheckpointNotFoundError(
+                f"{name_or_path} has no image processor settings: neither {PREPROCESSOR_NAME} nor an "
+                f"image_processor in {PROCESSOR_NAME}"
+            )
+        return cls.from_dict(_read_json(path))
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        return checkpoint.atomic_write_bytes(Path(folder) / PREPROCESSOR_NAME, text.encode("utf-8"))
+        """Write ``preprocessor_config.json``, which transformers 4 and 5 both read. A folder that already
+        has a transformers 5 ``processor_config.json`` gets its nested copy updated too, since readers
+        prefer that one."""
+        folder = Path(folder)
+        values = self.to_dict()
+        written = checkpoint.atomic_write_bytes(folder / PREPROCESSOR_NAME, _json_bytes(values))
+        nested = folder / PROCESSOR_NAME
+        if nested.is_file():
+            processor = _read_json(nested)
+            if "image_processor" in processor:
+                checkpoint.atomic_write_bytes(nested, _json_bytes({**processor, "image_processor": values}))
+        return written
 
     # -- preprocessing ----------------------------------------------------------------------------
 
@@ -212,6 +235,20 @@ class CLIPImageProcessor:
             array = (array - mean) / std
         return array
 
+    def preprocess_file(self, path: str | Path, draft_min_side: int | None = None) -> tuple[np.ndarray, int, int]:
+        """One image file -> (pixels, width, height): the one reading path of embedding, training and evaluation.
+
+        Every failure, a decoder's own bug included, is an ``ImageLoadError`` whose ``kind`` says why, so
+        batch jobs skip and count the file and go on. ``draft_min_side``: see ``load_image``.
+        """
+        try:
+            image = load_image(path, draft_min_side)
+            return self.preprocess_one(image, str(path)), *image.size
+        except ImageLoadError:
+            raise
+        except Exception as err:  # a decoder bug must not end a long job
+            raise ImageLoadError(path, "unreadable", f"{type(err).__name__}: {err}") from err
+
     def __call__(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt") -> dict[str, Any]:
         """Images -> ``{"pixel_values": (batch, 3, H, W)}`` as torch ("pt"), NumPy ("np") or a list (None)."""
         batch = list(images) if isinstance(images, list | tuple) else [images]
@@ -219,6 +256,20 @@ class CLIPImageProcessor:
             raise ValueError("images is empty")
         arrays = [self.preprocess_one(image, f"images[{i}]") for i, image in enumerate(batch)]
         return {"pixel_values": _stack(arrays, return_tensors, "pixel_values")}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}")
+    return values
+
+
+def _json_bytes(values: dict[str, Any]) -> bytes:
+    return (json.dumps(values, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def _as_array(image: ImageInput, what: str = "image") -> np.ndarray:

@@ -169,14 +169,7 @@ class Tokenizer:
         limit = max_length if max_length is not None else self.model_max_length
         truncate = truncation not in (False, "do_not_truncate")
 
-        if truncate and limit < UNLIMITED:
-            self.backend.enable_truncation(limit)
-        else:
-            self.backend.no_truncation()
-        try:
-            rows = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
-        finally:
-            self.backend.no_truncation()
+        rows = self._encode(texts, limit if truncate and limit < UNLIMITED else None, add_special_tokens)
 
         masks = [[1] * len(r) for r in rows]
         if pad_mode is not None:
@@ -190,6 +183,23 @@ class Tokenizer:
         if single and return_tensors is None:
             out = BatchEncoding({k: v[0] for k, v in out.items()})
         return out
+
+    def _encode(self, texts: list[str], limit: int | None, add_special_tokens: bool) -> list[list[int]]:
+        """Token ids, cut to ``limit`` special tokens included (None: uncut).
+
+        The shared backend is never reconfigured per call (``enable_truncation`` would be state that other
+        threads see): each encoding is cut first and given its special tokens after, which is what the
+        backend's own truncation does.
+        """
+        if limit is None:
+            return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        room = limit - (self.backend.num_special_tokens_to_add(False) if add_special_tokens else 0)
+        if room < 0:
+            raise ValueError(f"max_length {limit} leaves no room beside the special tokens")
+        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        for encoding in encodings:
+            encoding.truncate(room)
+        return [self.backend.post_process(e, add_special_tokens=add_special_tokens).ids for e in encodings]
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from altclip.train.data import micro_batch_indices, read_pairs, read_parallel
+from altclip.datafiles import read_pairs, read_parallel
+from altclip.train.data import micro_batch_indices
 
 
 def test_parallel_tsv_skips_and_counts_bad_lines(parallel_tsv):

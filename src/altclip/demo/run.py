@@ -24,12 +24,12 @@ import torch
 from altclip import checkpoint
 from altclip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from altclip.demo.data import LANGUAGES, EmojiSet, build
+from altclip.embedding import Embedder
 from altclip.evaluate.report import ReportRow, paper_table, write_report
 from altclip.evaluate.retrieval import evaluate_pairs
 from altclip.image import CLIPImageProcessor
 from altclip.models import CLIPModel
 from altclip.processor import CLIPProcessor
-from altclip.tasks.embedding import Embedder
 from altclip.tokenization import CLIP_SPECIALS, CLIPTokenizer, XLMRobertaTokenizer, clip_backend, train_sentencepiece
 from altclip.train.loop import TrainConfig, Trainer
 from altclip.train.phases import contrastive_phase, distillation_phase

@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from altclip.datafiles import read_pairs
+from altclip.embedding import Embedder
+
 KS = (1, 5, 10)
 # The right answer's score is computed once, element-wise; the same pair inside a block product can come
 # out an ulp higher. Scores within TIE of the right one count as ties, resolved in its favour.
@@ -91,18 +94,15 @@ def recall_by_language(
 
 
 def evaluate_pairs(
-    embedder: Any, data: str | Path, chunk: int = 4096, workers: int = 2, progress: bool = True
+    embedder: Embedder, data: str | Path, chunk: int = 4096, workers: int = 2, progress: bool = True
 ) -> tuple[dict[str, RetrievalScores], dict[str, int]]:
     """Recall per language on an image-text pairs file (JSONL or CSV: image, caption, lang).
 
     Returns the scores and what was skipped (malformed lines, unreadable images and their captions).
     """
-    from altclip.tasks.collection import embed_files
-    from altclip.train.data import read_pairs
-
     table = read_pairs(data)
     paths = list(dict.fromkeys(row["image"] for row in table.rows))
-    vectors, records = embed_files(embedder, paths, embedder.batch_size, workers, progress)
+    vectors, records = embedder.embed_files(paths, workers, progress)
     row_of = {paths[r.index]: i for i, r in enumerate(r for r in records if r.status == "ok")}
     rows = [row for row in table.rows if row["image"] in row_of]
     skipped = Counter(table.skipped) + Counter(f"image: {r.status}" for r in records if r.status != "ok")

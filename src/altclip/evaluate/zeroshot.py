@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from altclip.tasks.collection import embed_files
-from altclip.tasks.embedding import Embedder
-from altclip.tasks.zeroshot import check_templates, templates_for
+from altclip.embedding import Embedder
+from altclip.prompts import check_templates, templates_for
 
 
 @dataclass
@@ -86,7 +85,7 @@ def evaluate_zeroshot(
     if len(names) != len(classes):
         raise ValueError(f"{len(names)} class names for {len(classes)} class folders")
     templates = check_templates(templates) if templates is not None else templates_for(lang)
-    vectors, records = embed_files(embedder, [p for p, _ in samples], embedder.batch_size, workers, progress)
+    vectors, records = embedder.embed_files([p for p, _ in samples], workers, progress)
     labels = torch.tensor([label for (_, label), r in zip(samples, records, strict=True) if r.status == "ok"])
     if labels.numel() == 0:
         raise ValueError(f"{root}: no readable images")

@@ -21,10 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +29,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from altclip import checkpoint
-from altclip.image import CLIPImageProcessor, ImageLoadError, load_image
-from altclip.tasks.embedding import Embedder
+from altclip.embedding import Embedder
+from altclip.imagefiles import Record, image_batches
 
-DRAFT_FACTOR = 2  # draft decoding keeps at least twice the resize target: see benchmarks/folder.py
 MANIFEST, FILES, SUMMARY = "manifest.json", "files.json", "summary.json"
 METADATA_SCHEMA = pa.schema(
     [
@@ -69,60 +63,6 @@ def list_source(source: str | Path) -> list[str]:
         lines = source.read_text(encoding="utf-8").splitlines()
         return [str(p if Path(p).is_absolute() else base / p) for p in (line.strip() for line in lines) if p]
     raise FileNotFoundError(f"{source} is neither a folder nor a file listing image paths")
-
-
-@dataclass
-class Record:
-    index: int
-    pixels: np.ndarray | None
-    width: int
-    height: int
-    status: str
-    error: str
-
-
-class ImageFiles(Dataset):
-    """Decodes and preprocesses one file per item in worker processes; failures become records, not raises.
-
-    ``draft``: decode JPEGs at a reduced scale, no smaller than ``DRAFT_FACTOR`` times the resize target.
-    """
-
-    def __init__(self, paths: list[str], indices: list[int], processor: CLIPImageProcessor, draft: bool) -> None:
-        self.paths, self.indices, self.processor = paths, indices, processor
-        self.draft_min_side = DRAFT_FACTOR * processor.size["shortest_edge"] if draft else None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int) -> Record:
-        index = self.indices[item]
-        path = self.paths[index]
-        try:
-            image = load_image(path, self.draft_min_side)
-            width, height = image.size
-            return Record(index, self.processor.preprocess_one(image, path), width, height, "ok", "")
-        except ImageLoadError as err:
-            return Record(index, None, -1, -1, err.kind, str(err))
-        except Exception as err:  # a decoder bug must not end a long job: report the file and go on
-            return Record(index, None, -1, -1, "unreadable", f"{path}: {type(err).__name__}: {err}")
-
-
-def _collate(records: list[Record]) -> list[Record]:
-    return records
-
-
-def _die_with_parent(worker_id: int) -> None:
-    """Linux: a worker is killed when the main process dies, even by ``kill -9``.
-
-    Otherwise an orphaned worker blocks for ever flushing its queue into a pipe no one reads.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent was already gone before the request took effect
-            os._exit(1)
 
 
 @dataclass
@@ -214,22 +154,6 @@ def _open(out: Path, source: str | Path, model: str, shard_size: int, dim: int, 
     return Collection(out, manifest, paths)
 
 
-def _records(
-    embedder: Embedder, paths: list[str], todo: list[int], batch_size: int, workers: int, draft: bool
-) -> Iterator[list[Record]]:
-    """Decoded files ``paths[i]`` for ``i`` in ``todo``, in order, in batches, from worker processes."""
-    dataset = ImageFiles(paths, todo, embedder.processor.image_processor, draft)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        prefetch_factor=4 if workers else None,
-        worker_init_fn=_die_with_parent if workers else None,
-    )
-    yield from loader
-
-
 def embed_collection(
     source: str | Path,
     out: str | Path,
@@ -261,47 +185,17 @@ def embed_collection(
         total=count, initial=count - len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True
     )
     try:
-        for records in _records(embedder, collection.files, todo, batch_size, workers, draft):
-            vectors.update({i: v.astype(np.float16) for i, v in _embed_records(embedder, records).items()})
-            for r in records:
-                r.pixels = None
-                current[r.index] = r
+        processor = embedder.processor.image_processor
+        for records in image_batches(collection.files, todo, processor, batch_size, workers, draft):
+            readable = [r.index for r in records if r.pixels is not None]
+            embedded = (v.astype(np.float16) for v in embedder.embed_records(records))
+            vectors.update(zip(readable, embedded, strict=True))
+            current.update((r.index, r) for r in records)
             _flush_finished_shards(collection, current, vectors)
             bar.update(len(records))
     finally:
         bar.close()
     return write_summary(collection)
-
-
-def _embed_records(embedder: Embedder, records: list[Record]) -> dict[int, np.ndarray]:
-    """Embed the decoded records of a batch: file index -> float32 unit vector."""
-    good = [r for r in records if r.pixels is not None]
-    if not good:
-        return {}
-    embedded = embedder.embed_pixels(torch.from_numpy(np.stack([r.pixels for r in good]))).float().cpu().numpy()
-    return {r.index: v for r, v in zip(good, embedded, strict=True)}
-
-
-def embed_files(
-    embedder: Embedder,
-    paths: list[str],
-    batch_size: int = 32,
-    workers: int = 2,
-    progress: bool = True,
-) -> tuple[torch.Tensor, list[Record]]:
-    """Unit vectors of the readable files, in order, and a record (status, size, error) per file."""
-    vectors: dict[int, np.ndarray] = {}
-    records: list[Record] = []
-    with tqdm(total=len(paths), unit="img", desc="embedding images", disable=not progress, dynamic_ncols=True) as bar:
-        for batch in _records(embedder, paths, list(range(len(paths))), batch_size, workers, draft=False):
-            vectors.update(_embed_records(embedder, batch))
-            for r in batch:
-                r.pixels = None
-            records += batch
-            bar.update(len(batch))
-    dim = embedder.model.config.projection_dim  # type: ignore[attr-defined]
-    ok = [vectors[r.index] for r in records if r.status == "ok"]
-    return torch.from_numpy(np.stack(ok)) if ok else torch.zeros(0, dim), records
 
 
 def _flush_finished_shards(collection: Collection, current: dict[int, Record], vectors: dict[int, np.ndarray]) -> None:

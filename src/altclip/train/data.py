@@ -1,106 +1,21 @@
-"""Training data: parallel text and image-text pairs, read leniently, sampled deterministically.
+"""Training data: deterministic sampling across processes, and image-text pairs decoded for a batch.
 
-* Parallel text: TSV (``src<TAB>tgt[<TAB>lang]``, an optional header naming those columns) or JSONL
-  (``{"src": ..., "tgt": ..., "lang": ...}``).
-* Image-text pairs: JSONL (``{"image": path, "caption": ..., "lang": ...}``) or CSV with those columns;
-  relative image paths are taken from the data file's folder.
-
-Malformed lines and empty texts are skipped and counted when the file is read; images that cannot be
-read are skipped and counted when their batch is built. Nothing bad in the data stops an epoch.
+The data files themselves are read by ``altclip.datafiles``. Images that cannot be read are skipped and
+counted when their batch is built (``altclip.train.phases``); nothing bad in the data stops an epoch.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from altclip.image import CLIPImageProcessor, ImageLoadError, load_image
-
-
-@dataclass
-class Table:
-    """Rows read from a data file, and what was skipped on the way (reason -> count)."""
-
-    rows: list[dict[str, str]]
-    skipped: Counter = field(default_factory=Counter)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def _records(path: Path, columns: tuple[str, ...], skipped: Counter) -> Iterator[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    with path.open(encoding="utf-8", newline="") as handle:
-        if suffix in (".jsonl", ".json"):
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    skipped["malformed line"] += 1
-                    continue
-                if isinstance(record, dict):
-                    yield record
-                else:
-                    skipped["malformed line"] += 1
-            return
-        delimiter = "\t" if suffix in (".tsv", ".txt") else ","
-        reader = csv.reader(
-            handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        )
-        header: list[str] | None = None
-        for row in reader:
-            if header is None and [c.strip().lower() for c in row[: len(columns)]] == list(columns[: len(row)]):
-                header = [c.strip().lower() for c in row]
-                continue
-            names = header or list(columns)
-            if len(row) < 2 or len(row) > len(names):
-                skipped["malformed line"] += 1
-                continue
-            yield dict(zip(names, row, strict=False))
-
-
-def read_table(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = ("lang",)) -> Table:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such data file")
-    table = Table([])
-    for record in _records(path, required + optional, table.skipped):
-        values = {k: record.get(k) for k in required + optional}
-        if any(not isinstance(values[k], str) for k in required):
-            table.skipped["missing field"] += 1
-        elif any(not values[k].strip() for k in required):
-            table.skipped["empty text"] += 1
-        else:
-            table.rows.append({k: (v.strip() if isinstance(v, str) else "") for k, v in values.items()})
-    if not table.rows:
-        raise ValueError(f"{path}: no usable rows (skipped: {dict(table.skipped) or 'none'})")
-    return table
-
-
-def read_parallel(path: str | Path) -> Table:
-    """Parallel sentences: ``src`` (English, the teacher's side), ``tgt`` (its translation), ``lang``."""
-    return read_table(path, ("src", "tgt"))
-
-
-def read_pairs(path: str | Path) -> Table:
-    """Image-text pairs: ``image`` (path), ``caption``, ``lang``."""
-    table = read_table(path, ("image", "caption"))
-    base = Path(path).parent
-    for row in table.rows:
-        if not Path(row["image"]).is_absolute():
-            row["image"] = str(base / row["image"])
-    return table
+from altclip.datafiles import Table
+from altclip.image import CLIPImageProcessor, ImageLoadError
+from altclip.tokenization import Tokenizer
 
 
 def micro_batch_indices(size: int, batch: int, world: int, rank: int, seed: int, epoch: int) -> list[list[int]]:
@@ -116,7 +31,11 @@ def micro_batch_indices(size: int, batch: int, world: int, rank: int, seed: int,
 
 
 class ImagePairs(Dataset):
-    """Decoded, preprocessed image-text pairs; an unreadable image gives ``None`` (skipped by the collate)."""
+    """Decoded, preprocessed image-text pairs; an unreadable image gives ``None`` and why (the collate skips it).
+
+    Images are read as ``altclip embed`` reads them (``CLIPImageProcessor.preprocess_file``), so a file is
+    skipped and counted under the same status in training as in embedding.
+    """
 
     def __init__(self, table: Table, processor: CLIPImageProcessor) -> None:
         self.rows, self.processor = table.rows, processor
@@ -124,9 +43,61 @@ class ImagePairs(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, str] | tuple[None, str]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, str]:
+        """(pixels, caption), or (None, the failure's kind)."""
         row = self.rows[index]
         try:
-            return self.processor.preprocess_one(load_image(row["image"]), row["image"]), row["caption"]
+            pixels, _, _ = self.processor.preprocess_file(row["image"])
         except ImageLoadError as err:
             return None, err.kind
+        return pixels, row["caption"]
+
+
+def tokens(tokenizer: Tokenizer, texts: list[str], limit: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+    return {f"{prefix}ids": encoded["input_ids"], f"{prefix}mask": encoded["attention_mask"]}
+
+
+@dataclass
+class ParallelCollate:
+    """Rows of parallel text -> the teacher's tokens of ``src`` and the student's of ``src`` and ``tgt``."""
+
+    teacher_tokenizer: Tokenizer
+    teacher_limit: int
+    student_tokenizer: Tokenizer
+    student_limit: int
+
+    def __call__(self, rows: list[dict[str, str]]) -> dict[str, Any]:
+        src, tgt = [r["src"] for r in rows], [r["tgt"] for r in rows]
+        return {
+            "size": len(rows),
+            **tokens(self.teacher_tokenizer, src, self.teacher_limit, "teacher_"),
+            **tokens(self.student_tokenizer, src, self.student_limit, "src_"),
+            **tokens(self.student_tokenizer, tgt, self.student_limit, "tgt_"),
+        }
+
+
+@dataclass
+class PairCollate:
+    """Decoded pairs -> tokens and pixels of the readable ones; what was skipped travels with the batch.
+
+    A batch whose every image was unreadable still has its tensors, with zero rows, so that each process
+    of a distributed run takes part in every collective.
+    """
+
+    tokenizer: Tokenizer
+    limit: int
+    image_shape: tuple[int, int, int]  # (channels, height, width) of the preprocessed pixels
+
+    def __call__(self, items: list[tuple[np.ndarray | None, str]]) -> dict[str, Any]:
+        good = [(pixels, caption) for pixels, caption in items if pixels is not None]
+        encoded = tokens(self.tokenizer, [c for _, c in good], self.limit) if good else None
+        return {
+            "size": len(good),
+            "skipped": [f"image: {kind}" for pixels, kind in items if pixels is None],
+            "input_ids": encoded["ids"] if encoded else torch.zeros(0, 1, dtype=torch.long),
+            "attention_mask": encoded["mask"] if encoded else torch.zeros(0, 1, dtype=torch.long),
+            "pixel_values": torch.from_numpy(np.stack([p for p, _ in good]))
+            if good
+            else torch.zeros(0, *self.image_shape),
+        }

@@ -2,13 +2,19 @@
 
 * AdamW (weight decay on matrices only), linear warm-up then cosine decay, gradient clipping, gradient
   accumulation, mixed precision (bf16 autocast anywhere; fp16 with a gradient scaler on CUDA), gradient
-  checkpointing, one seed for everything.
+  checkpointing, one seed for everything (each process draws its own dropout stream from it).
+* A step consumes exactly ``accumulate`` usable micro-batches and syncs gradients on the last. A micro-batch
+  with no usable row on any process (every image unreadable) is skipped by every process and counted; one
+  with rows somewhere is used by every process, with however many rows each holds (zero included), so that
+  every process takes part in every collective.
 * Several processes: started by ``torchrun``, joined with gloo on CPU or NCCL on GPU, wrapped in
   ``DistributedDataParallel``. ``batch_size`` is per process; the global batch of a step is
-  ``batch_size * processes * accumulate``.
-* Checkpoints (``checkpoints/step-NNNNNN``: weights, optimizer, schedule, scaler, RNG and data position)
-  are written into a temporary folder and renamed into place. ``resume=True`` continues from the newest:
-  the steps after it give the same losses as an uninterrupted run.
+  ``batch_size * processes * accumulate``. Contrastive negatives span ``batch_size * processes`` rows: each
+  micro-batch is its own contrastive problem, so accumulation grows the step, not the set of negatives.
+* Checkpoints (``checkpoints/step-NNNNNN``: weights, optimizer, schedule, scaler, each process's RNG and the
+  data position) are written into a temporary folder and renamed into place. ``resume=True`` continues from
+  the newest: the steps after it give the same losses as an uninterrupted run, and a finished run continues
+  when given more ``steps`` or ``epochs``.
 * Each step's loss, learning rate and throughput go to the progress bar and to ``log.jsonl``.
 """
 
@@ -22,23 +28,24 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from altclip import checkpoint
+from altclip.imagefiles import die_with_parent
 from altclip.models import PreTrainedModel
-from altclip.tasks.embedding import resolve_device
+from altclip.processor import Processor
+from altclip.runtime import resolve_device
 from altclip.train.data import micro_batch_indices
-from altclip.train.objectives import trainable_parameters
+from altclip.train.objectives import Objective, trainable_parameters
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -59,7 +66,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     save_every: int = 0  # steps between checkpoints; 0: only the last one
-    keep: int = 2  # checkpoints kept
+    keep: int = 2  # newest checkpoints kept; 0: none once the final model is written
     resume: bool = False
     workers: int = 0
     device: str = "auto"
@@ -72,20 +79,30 @@ class TrainConfig:
         for name in ("batch_size", "accumulate", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("keep", "save_every", "workers", "warmup"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
 
 
 @dataclass
 class Phase:
-    """What a training phase hands the loop."""
+    """What a training phase hands the loop. ``dataset`` and ``collate`` go to loader worker processes, so
+    they must pickle (module-level classes, no closures). ``collate`` returns the batch's tensors, ``size``
+    (the rows it kept) and, optionally, ``skipped`` (why each dropped row was dropped)."""
 
-    objective: nn.Module  # forward(batch) -> loss
+    objective: Objective  # forward(batch) -> loss
     model: PreTrainedModel  # the model that trains and is checkpointed
+    processor: Processor  # saved beside the final model
     dataset: Dataset
-    collate: Callable[[list[Any]], dict[str, Any]]  # may list what it dropped under "skipped"
-    export: Callable[[Path], None]  # writes the final Hugging Face folder
+    collate: Callable[[list[Any]], dict[str, Any]]
     skipped: Counter = field(default_factory=Counter)
+
+    def export(self, folder: Path) -> None:
+        """The final Hugging Face folder: config, weights, processor files."""
+        self.model.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
 
 
 @dataclass
@@ -117,6 +134,11 @@ def distributed_setup(device_name: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cuda", local) if cuda else torch.device("cpu")
 
 
+def process_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s random streams (dropout): its own, and ``seed`` itself for rank 0."""
+    return seed + 1_000_003 * rank
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -137,18 +159,25 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step-*") if p.is_dir()) if folder.is_dir() else []
 
 
+NO_ROWS = "micro-batch with no usable row"
+RESUME_MUST_MATCH = ("batch_size", "seed")  # with the world size, they fix the data order
+
+
 class Trainer:
     def __init__(self, phase: Phase, config: TrainConfig) -> None:
         self.phase, self.config = phase, config
+        self._owns_process_group = not (dist.is_available() and dist.is_initialized())
         self.rank, self.world, self.device = distributed_setup(config.device)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
+        if self.rank != 0:  # what the data files skipped is counted by process 0 alone
+            phase.skipped.clear()
+        torch.manual_seed(process_seed(config.seed, self.rank))
+        random.seed(process_seed(config.seed, self.rank))
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 training needs a GPU (its gradient scaler is CUDA-only); use bf16 on CPU")
         if config.gradient_checkpointing:
             phase.model.gradient_checkpointing_enable()
         phase.objective.to(self.device).train()
-        self.module: nn.Module = phase.objective
+        self.module: torch.nn.Module = phase.objective
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.module = DistributedDataParallel(phase.objective, device_ids=ids)
@@ -186,45 +215,79 @@ class Trainer:
         batches = self._epoch_batches(self.progress.epoch)[self.progress.micro :]
         # its own generator: worker seeds must not draw from the global RNG, which dropout replays on resume
         generator = torch.Generator().manual_seed(self.config.seed + self.progress.epoch)
+        workers = self.config.workers
         return DataLoader(
             self.phase.dataset,
             batch_sampler=batches,
             collate_fn=self.phase.collate,
-            num_workers=self.config.workers,
+            num_workers=workers,
             generator=generator,
+            worker_init_fn=die_with_parent if workers else None,
         )
+
+    def _micro_batches(self) -> Iterator[dict[str, Any]]:
+        """Usable micro-batches, epoch after epoch, the data position kept in ``self.progress``.
+
+        A micro-batch without a row on any process is skipped by all of them (and counted once). An epoch
+        that gives no usable micro-batch from its start is an error; an epoch resumed at its end is not.
+        """
+        while True:
+            from_start, usable = self.progress.micro == 0, 0
+            for batch in self._loader():
+                self.progress.micro += 1
+                self.phase.skipped.update(batch.pop("skipped", []))
+                if self._sum_across_processes(batch.pop("size"))[0] == 0:
+                    if self.rank == 0:  # every process skips it: count it once
+                        self.phase.skipped[NO_ROWS] += 1
+                    continue
+                usable += 1
+                yield batch
+            if from_start and usable == 0:
+                raise ValueError(
+                    f"epoch {self.progress.epoch} gave no usable batch (skipped so far: "
+                    f"{dict(self._global_skipped())}); check the data's image paths"
+                )
+            self.progress.epoch, self.progress.micro = self.progress.epoch + 1, 0
 
     # -- checkpoints ------------------------------------------------------------------------------
 
     def save(self) -> Path:
+        """Write ``checkpoints/step-NNNNNN`` (every process calls this; each writes its RNG state)."""
         target = self.config.out / "checkpoints" / f"step-{self.progress.step:06d}"
+        tmp = target.with_name(f".{target.name}.tmp")
         self._saved_step = self.progress.step
+        skipped = self._global_skipped()
         if self.rank == 0:
-            tmp = target.with_name(f".{target.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        self._barrier()
+        torch.save(_rng_state(), tmp / f"rng-{self.rank:05d}.pt")  # each process its own dropout stream
+        self._barrier()
+        if self.rank == 0:
             checkpoint.save_weights(self.phase.model.state_dict(), tmp)
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": _rng_state(),
             }
             torch.save(state, tmp / "training_state.pt")
             info = {
                 **asdict(self.progress),
-                "skipped": dict(self.phase.skipped),
+                "skipped": dict(skipped),
                 "world_size": self.world,
                 "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
             }
             (tmp / "trainer.json").write_text(json.dumps(info, indent=2) + "\n")
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
-            for old in checkpoint_dirs(self.config.out)[: -self.config.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-        if self.world > 1:
-            dist.barrier()
+            self._prune(keep=max(1, self.config.keep))  # the newest stays while training, for --resume
+        self._barrier()
         return target
+
+    def _prune(self, keep: int) -> None:
+        found = checkpoint_dirs(self.config.out)
+        for old in found[: len(found) - keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _resume(self) -> None:
         found = checkpoint_dirs(self.config.out)
@@ -237,15 +300,24 @@ class Trainer:
                 f"{latest} was written by {info['world_size']} processes, not {self.world}; "
                 "resume with the same number so the data order is the same"
             )
-        state_dict = checkpoint.load_state_dict([latest / checkpoint.SAFE_WEIGHTS])
+        for name in RESUME_MUST_MATCH:
+            if info["config"].get(name, getattr(self.config, name)) != getattr(self.config, name):
+                raise ValueError(
+                    f"{latest} was written with {name} {info['config'][name]}, not {getattr(self.config, name)}; "
+                    "resume with the same value so the data order is the same"
+                )
+        state_dict = checkpoint.load_state_dict(checkpoint.resolve_weights(latest))
         self.phase.model.load_state_dict(state_dict, strict=True)
         state = torch.load(latest / "training_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        rng = latest / f"rng-{self.rank:05d}.pt"
+        _set_rng_state(torch.load(rng, weights_only=True) if rng.exists() else state["rng"])  # older: rank 0's only
         self.progress = Progress(info["step"], info["epoch"], info["micro"])
-        self.phase.skipped.update(info["skipped"])
+        self._saved_step = self.progress.step
+        if self.rank == 0:  # the counts of every process so far; the others count from here on
+            self.phase.skipped.update(info["skipped"])
         self._trim_log(self.progress.step)
 
     # -- log --------------------------------------------------------------------------------------
@@ -275,6 +347,30 @@ class Trainer:
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
+    def _step(self, micro_batches: Iterator[dict[str, Any]]) -> torch.Tensor:
+        """One optimizer step over exactly ``accumulate`` micro-batches, gradients synced on the last; the
+        mean of their losses (this process's, still on the device)."""
+        c = self.config
+        total = torch.zeros((), device=self.device)
+        for i in range(c.accumulate):
+            batch = self._to_device(next(micro_batches))
+            last = i == c.accumulate - 1
+            with self.module.no_sync() if self.world > 1 and not last else contextlib.nullcontext():  # type: ignore[operator]
+                with self._autocast():
+                    loss = self.module(batch)
+                self.scaler.scale(loss / c.accumulate).backward()
+            total += loss.detach().float()
+        if c.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable_parameters(self.phase.objective), c.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.phase.objective.after_step()
+        self.progress.step += 1
+        return total / c.accumulate
+
     def fit(self, on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
         c = self.config
         c.out.mkdir(parents=True, exist_ok=True)
@@ -287,84 +383,71 @@ class Trainer:
             dynamic_ncols=True,
         )
         samples_per_step = c.batch_size * self.world * c.accumulate
-        losses: list[float] = []
+        micro_batches = self._micro_batches()
         started = time.perf_counter()
         try:
             while self.progress.step < self.total:
-                steps_before = self.progress.step
-                for batch in self._loader():
-                    self.phase.skipped.update(batch.pop("skipped", []))
-                    if batch.get("size") == 0 and self.world == 1:  # every image of the batch was unreadable
-                        self.progress.micro += 1
-                        continue
-                    sync = (self.progress.micro + 1) % c.accumulate == 0
-                    no_sync = self.module.no_sync if self.world > 1 and not sync else contextlib.nullcontext
-                    with no_sync(), self._autocast():
-                        loss = self.module(self._to_device(batch))
-                    with no_sync():
-                        self.scaler.scale(loss / c.accumulate).backward()
-                    losses.append(float(loss.detach()))
-                    self.progress.micro += 1
-                    if not sync:
-                        continue
-                    self._optimizer_step()
-                    mean_loss = self._mean_across_processes(sum(losses) / len(losses))
-                    elapsed, started = time.perf_counter() - started, time.perf_counter()
-                    record = {
-                        "step": self.progress.step,
-                        "epoch": self.progress.epoch,
-                        "loss": mean_loss,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "samples_per_s": samples_per_step / elapsed,
-                        "skipped": sum(self.phase.skipped.values()),
-                    }
-                    self._log(record)
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", rate=f"{record['samples_per_s']:.1f}/s"
-                    )
-                    losses = []
-                    if c.save_every and self.progress.step % c.save_every == 0:
-                        self.save()
-                    if on_step is not None:
-                        on_step(self.progress.step, mean_loss)
-                    if self.progress.step >= self.total:
-                        break
-                else:
-                    if self.progress.step == steps_before and self.progress.micro > 0:
-                        raise ValueError(
-                            f"epoch {self.progress.epoch} gave no usable batch (skipped so far: "
-                            f"{dict(self.phase.skipped)}); check the data's image paths"
-                        )
-                    self.progress.epoch, self.progress.micro = self.progress.epoch + 1, 0
+                loss = self._step(micro_batches)
+                loss_sum, skipped = self._sum_across_processes(loss, sum(self.phase.skipped.values()))
+                elapsed, started = time.perf_counter() - started, time.perf_counter()
+                record = {
+                    "step": self.progress.step,
+                    "epoch": self.progress.epoch,
+                    "loss": loss_sum / self.world,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "samples_per_s": samples_per_step / elapsed,
+                    "skipped": int(skipped),
+                }
+                self._log(record)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", rate=f"{record['samples_per_s']:.1f}/s"
+                )
+                if c.save_every and self.progress.step % c.save_every == 0:
+                    self.save()
+                if on_step is not None:
+                    on_step(self.progress.step, record["loss"])
         finally:
+            micro_batches.close()
             bar.close()
         if self._saved_step != self.progress.step:
             self.save()
+        skipped = self._global_skipped()
         if self.rank == 0:
             self.phase.export(c.out / "model")
-        if self.world > 1:
-            dist.barrier()
+            if c.keep == 0:
+                self._prune(keep=0)
+        self._barrier()
         return {
             "steps": self.progress.step,
             "epochs_started": self.progress.epoch + 1,
-            "skipped": dict(self.phase.skipped),
+            "skipped": dict(skipped),
             "model": str(c.out / "model"),
         }
 
-    def _optimizer_step(self) -> None:
-        if self.config.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable_parameters(self.phase.objective), self.config.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.progress.step += 1
+    # -- across processes -------------------------------------------------------------------------
 
-    def _mean_across_processes(self, value: float) -> float:
+    def close(self) -> None:
+        """Leave the process group this trainer joined (every process, after ``fit``)."""
+        if self.world > 1 and self._owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _sum_across_processes(self, *values: float | torch.Tensor) -> list[float]:
+        """Each value summed over the processes (one collective for all of them)."""
         if self.world == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+            return [float(v) for v in values]
+        tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in values])
         dist.all_reduce(tensor)
-        return float(tensor) / self.world
+        return tensor.tolist()
+
+    def _global_skipped(self) -> Counter:
+        """What every process skipped so far, added up."""
+        if self.world == 1:
+            return Counter(self.phase.skipped)
+        counters: list[Any] = [None] * self.world
+        dist.all_gather_object(counters, dict(self.phase.skipped))
+        return sum((Counter(c) for c in counters), Counter())

@@ -5,6 +5,7 @@ Parameters that do not train are frozen (``requires_grad=False``) here, once, wh
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -13,13 +14,22 @@ from torch import Tensor, nn
 from altclip.models import AltCLIPModel, CLIPModel, DualEncoderModel
 from altclip.train.losses import contrastive_loss, distillation_loss
 
+MAX_LOGIT_SCALE = math.log(100)  # CLIP's clamp on the learned temperature
+
 
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
 
 
-class Distillation(nn.Module):
+class Objective(nn.Module):
+    """``forward(batch) -> loss``; ``after_step`` runs after each optimizer step (outside autograd)."""
+
+    def after_step(self) -> None:
+        pass
+
+
+class Distillation(Objective):
     """Phase 1: pull the student's pooled text vector to the teacher's, for both sides of a parallel pair.
 
     Teacher: CLIP's text tower, frozen and in eval mode; its target is the pooled state (the EOS token
@@ -56,15 +66,18 @@ class Distillation(nn.Module):
         return (distillation_loss(src, target) + distillation_loss(tgt, target)) / 2
 
 
-class Contrastive(nn.Module):
+class Contrastive(Objective):
     """Phase 2 (and the teacher's own training): symmetric InfoNCE with the learned logit scale.
 
     ``freeze_vision`` keeps the image tower and ``visual_projection`` as they are (AltCLIP's recipe).
+    ``local_loss``: see ``contrastive_loss``. After each step the logit scale is clamped to [0, ln 100], as
+    CLIP and open_clip do, so the temperature cannot run away.
     """
 
-    def __init__(self, model: DualEncoderModel, freeze_vision: bool = True) -> None:
+    def __init__(self, model: DualEncoderModel, freeze_vision: bool = True, local_loss: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.local_loss = local_loss
         if freeze_vision:
             freeze(model.vision_model)
             freeze(model.visual_projection)
@@ -72,7 +85,11 @@ class Contrastive(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         text = self.model.get_text_features(batch["input_ids"], batch["attention_mask"])
         image = self.model.get_image_features(batch["pixel_values"])
-        return contrastive_loss(text, image, self.model.logit_scale)
+        return contrastive_loss(text, image, self.model.logit_scale, local=self.local_loss)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
 
 def trainable_parameters(objective: nn.Module) -> list[nn.Parameter]:

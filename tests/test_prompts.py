@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from altclip.tasks.zeroshot import TEMPLATES, check_templates, templates_for
+from altclip.prompts import TEMPLATES, check_templates, templates_for
 
 
 def test_every_language_has_an_ensemble_with_one_slot():

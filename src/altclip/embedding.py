@@ -1,57 +1,27 @@
-"""Embeddings and similarity: a model and its processor, batched, on the model's device and dtype."""
+"""Embeddings and similarity: a model and its processor, batched, on the model's device and dtype.
+
+The ``Embedder`` is what tasks, evaluation and the server share. One ``Embedder`` may serve many threads
+at once (a web server's case): nothing in it changes per call but its cache of class embeddings.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from altclip import checkpoint
-from altclip.config import CONFIG_NAME, AltCLIPTextConfig, CLIPTextConfig
-from altclip.export import OnnxModel
 from altclip.image import ImageInput
-from altclip.models import AltCLIPModel, CLIPModel, DualEncoderModel, normalize
-from altclip.processor import AltCLIPProcessor, CLIPProcessor, Processor
-from altclip.tasks.zeroshot import check_templates, templates_for
-from altclip.tokenization import Tokenizer
-
-DEFAULT_MODEL = "BAAI/AltCLIP"
-FAMILIES: dict[str, tuple[type[DualEncoderModel], type[Processor]]] = {
-    "altclip": (AltCLIPModel, AltCLIPProcessor),
-    "clip": (CLIPModel, CLIPProcessor),
-}
-BACKENDS = ("torch", "compile", "onnx")
-
-
-def compile_towers(model: DualEncoderModel) -> DualEncoderModel:
-    """``torch.compile`` both towers in place: texts with dynamic shapes (every batch has its own length)."""
-    model.vision_model.compile()
-    model.text_model.compile(dynamic=True)
-    return model
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def family_of(name_or_path: str | Path, **hub: Any) -> str:
-    """ "altclip" or "clip", from the model_type in config.json."""
-    config = json.loads(checkpoint.resolve_file(name_or_path, CONFIG_NAME, **hub).read_text(encoding="utf-8"))
-    family = config.get("model_type")
-    if family not in FAMILIES:
-        raise ValueError(f"{name_or_path}: model_type {family!r} is not one of {sorted(FAMILIES)}")
-    return family
-
-
-def text_token_limit(text_config: AltCLIPTextConfig | CLIPTextConfig, tokenizer: Tokenizer) -> int:
-    """The longest token sequence both the text tower's position table and the tokenizer allow."""
-    return min(text_config.max_tokens, tokenizer.model_max_length)
+from altclip.imagefiles import Record, image_batches
+from altclip.models import DualEncoderModel, normalize
+from altclip.onnx_model import OnnxModel
+from altclip.processor import Processor
+from altclip.prompts import check_templates, templates_for
+from altclip.runtime import DEFAULT_MODEL, load_model, load_processor, text_token_limit
 
 
 class Embedder:
@@ -88,27 +58,8 @@ class Embedder:
         first batch of each shape pays the compilation); or "onnx" for a folder written by ``altclip export
         onnx``, run in ONNX Runtime.
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-        model_cls, processor_cls = FAMILIES[family_of(name_or_path, **hub)]
-        model: DualEncoderModel | OnnxModel
-        if backend == "onnx":
-            if dtype not in (None, "float32", torch.float32) or str(device) not in ("None", "auto", "cpu"):
-                raise ValueError(
-                    f"the onnx backend runs the exported float32 graphs on the CPU (got dtype={dtype}, device={device})"
-                )
-            model = OnnxModel.from_pretrained(name_or_path)
-        elif dtype == "int8":  # float32 weights, then int8 dynamic quantization of the Linear layers (CPU)
-            from altclip.quantize import quantize_int8
-
-            model = quantize_int8(model_cls.from_pretrained(name_or_path, device="cpu", **hub))
-        else:
-            model = model_cls.from_pretrained(name_or_path, dtype=dtype, device=resolve_device(device), **hub)
-        if backend == "compile":
-            if dtype == "int8":
-                raise ValueError("the compile backend takes float32, bfloat16 or float16 models, not int8")
-            compile_towers(model)  # type: ignore[arg-type]
-        return cls(model, processor_cls.from_pretrained(name_or_path, **hub), batch_size)
+        model = load_model(name_or_path, device=device, dtype=dtype, backend=backend, **hub)
+        return cls(model, load_processor(name_or_path, **hub), batch_size)
 
     @property
     def logit_scale(self) -> float:
@@ -158,6 +109,34 @@ class Embedder:
             pixels = self.processor.image_processor(batch[start : start + self.batch_size], return_tensors="pt")
             chunks.append(self.embed_pixels(pixels["pixel_values"]))
         return torch.cat(chunks)
+
+    def embed_files(
+        self, paths: list[str], workers: int = 2, progress: bool = True, draft: bool = False
+    ) -> tuple[Tensor, list[Record]]:
+        """Image files decoded in ``workers`` processes: the unit vectors of the readable ones, in order, as
+        float32 on the CPU, and a ``Record`` (status, size, error) per file. Unreadable files are skipped."""
+        vectors: list[np.ndarray] = []
+        records: list[Record] = []
+        processor = self.processor.image_processor
+        with tqdm(
+            total=len(paths), unit="img", desc="embedding images", disable=not progress, dynamic_ncols=True
+        ) as bar:
+            for batch in image_batches(paths, list(range(len(paths))), processor, self.batch_size, workers, draft):
+                vectors += self.embed_records(batch)
+                records += batch
+                bar.update(len(batch))
+        dim = self.model.config.projection_dim  # type: ignore[attr-defined]
+        return torch.from_numpy(np.stack(vectors)) if vectors else torch.zeros(0, dim), records
+
+    def embed_records(self, records: list[Record]) -> list[np.ndarray]:
+        """float32 unit vectors of the decoded records of a batch, in order; their pixels are released."""
+        good = [r for r in records if r.pixels is not None]
+        if not good:
+            return []
+        embedded = self.embed_pixels(torch.from_numpy(np.stack([r.pixels for r in good])))
+        for r in records:
+            r.pixels = None
+        return list(embedded.float().cpu().numpy())
 
     def similarity(self, images: ImageInput | Sequence[ImageInput], texts: Sequence[str]) -> Tensor:
         """(images, texts) cosine similarities in [-1, 1]."""

@@ -1,0 +1,98 @@
+"""What every layer above the models needs to run one: model families, devices, token limits, backends.
+
+``tasks``, ``train``, ``evaluate`` and the command all load models through here, so none of them has to
+import another. A family ("altclip" or "clip") is read from config.json and names the model and processor
+classes; a backend says how the model runs:
+
+* ``torch``: the PyTorch model, in float32, bfloat16 or float16, or ``int8`` (dynamic quantization, CPU);
+* ``compile``: the same with both towers through ``torch.compile``;
+* ``onnx``: a folder written by ``altclip export onnx``, run in ONNX Runtime (``OnnxModel``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from altclip import checkpoint
+from altclip.config import CONFIG_NAME, AltCLIPTextConfig, CLIPTextConfig
+from altclip.models import AltCLIPModel, CLIPModel, DualEncoderModel
+from altclip.onnx_model import OnnxModel
+from altclip.processor import AltCLIPProcessor, CLIPProcessor, Processor
+from altclip.tokenization import Tokenizer
+
+DEFAULT_MODEL = "BAAI/AltCLIP"
+FAMILIES: dict[str, tuple[type[DualEncoderModel], type[Processor]]] = {
+    "altclip": (AltCLIPModel, AltCLIPProcessor),
+    "clip": (CLIPModel, CLIPProcessor),
+}
+BACKENDS = ("torch", "compile", "onnx")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` or "auto": the GPU when there is one, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def family_of(name_or_path: str | Path, **hub: Any) -> str:
+    """ "altclip" or "clip", from the model_type in config.json."""
+    config = json.loads(checkpoint.resolve_file(name_or_path, CONFIG_NAME, **hub).read_text(encoding="utf-8"))
+    family = config.get("model_type")
+    if family not in FAMILIES:
+        raise ValueError(f"{name_or_path}: model_type {family!r} is not one of {sorted(FAMILIES)}")
+    return family
+
+
+def text_token_limit(text_config: AltCLIPTextConfig | CLIPTextConfig, tokenizer: Tokenizer) -> int:
+    """The longest token sequence both the text tower's position table and the tokenizer allow."""
+    return min(text_config.max_tokens, tokenizer.model_max_length)
+
+
+def compile_towers(model: DualEncoderModel) -> DualEncoderModel:
+    """``torch.compile`` both towers in place: texts with dynamic shapes (every batch has its own length)."""
+    model.vision_model.compile()
+    model.text_model.compile(dynamic=True)
+    return model
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    backend: str = "torch",
+    **hub: Any,
+) -> DualEncoderModel | OnnxModel:
+    """The model of a folder or hub name, of the family its config.json names, ready for inference.
+
+    ``dtype``: float32 (default), bfloat16, float16, or "int8" (dynamic quantization, CPU only).
+    ``backend``: see the module docstring.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    model_cls, _ = FAMILIES[family_of(name_or_path, **hub)]
+    if backend == "onnx":
+        if dtype not in (None, "float32", torch.float32) or str(device) not in ("None", "auto", "cpu"):
+            raise ValueError(
+                f"the onnx backend runs the exported float32 graphs on the CPU (got dtype={dtype}, device={device})"
+            )
+        return OnnxModel.from_pretrained(name_or_path)
+    if dtype == "int8":  # float32 weights, then int8 dynamic quantization of the Linear layers (CPU)
+        if backend == "compile":
+            raise ValueError("the compile backend takes float32, bfloat16 or float16 models, not int8")
+        from altclip.quantize import quantize_int8
+
+        return quantize_int8(model_cls.from_pretrained(name_or_path, device="cpu", **hub))
+    model = model_cls.from_pretrained(name_or_path, dtype=dtype, device=resolve_device(device), **hub)
+    return compile_towers(model) if backend == "compile" else model
+
+
+def load_processor(name_or_path: str | Path, **hub: Any) -> Processor:
+    """The processor of a folder or hub name, of the family its config.json names."""
+    _, processor_cls = FAMILIES[family_of(name_or_path, **hub)]
+    return processor_cls.from_pretrained(name_or_path, **hub)
