@@ -421,3 +421,20 @@ def pairs_jsonl(tmp_path_factory) -> Path:
     path = folder / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def parallel_tsv(tmp_path_factory) -> Path:
+    """English CLDR emoji names and their translations: src<TAB>tgt<TAB>lang, with bad lines mixed in."""
+    import emoji
+
+    emoji.config.load_language()
+    lines = ["src\ttgt\tlang"]
+    for data in list(emoji.EMOJI_DATA.values())[:300]:
+        en = data["en"].strip(":").replace("_", " ")
+        for lang in LANGUAGES[1:4]:
+            lines.append(f"{en}\t{data[lang].strip(':').replace('_', ' ')}\t{lang}")
+    lines[5:5] = ["only one column", "a\t\tzh", "x\ty\tz\textra"]
+    path = tmp_path_factory.mktemp("parallel") / "parallel.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

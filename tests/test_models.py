@@ -225,3 +225,16 @@ def test_real_size_altclip_matches_transformers(tmp_path):
         expected = theirs(**inputs, output_hidden_states=True)
         worst = compare_dual(ours(**inputs, output_hidden_states=True), expected, "real-size", attentions=False)
     print(f"\nBAAI/AltCLIP sizes: max abs difference over embeddings, logits, loss, hidden states = {worst:.3g}")
+
+
+@pytest.mark.parametrize("family", ["altclip", "clip"])
+def test_a_batch_of_no_rows(request, family):
+    """A distributed step can leave one process no rows; the towers still run, forward and backward."""
+    model = (altclip.AltCLIPModel if family == "altclip" else altclip.CLIPModel).from_pretrained(
+        request.getfixturevalue(f"{family}_checkpoint")
+    )
+    text = model.get_text_features(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long))
+    image = model.get_image_features(torch.zeros(0, 3, 32, 32))
+    assert text.shape == image.shape == (0, model.config.projection_dim)
+    (text.sum() + image.sum()).backward()
+    assert all(p.grad is not None and not p.grad.any() for n, p in model.named_parameters() if n != "logit_scale")

@@ -82,13 +82,13 @@ def attention(
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
-    batch, length, _ = x.shape
-    return x.view(batch, length, num_heads, -1).transpose(1, 2)  # (batch, heads, length, head_dim)
+    batch, length, hidden = x.shape  # sizes spelled out: a batch of no rows has no -1 to infer
+    return x.view(batch, length, num_heads, hidden // num_heads).transpose(1, 2)  # (batch, heads, length, head_dim)
 
 
 def merge_heads(x: Tensor) -> Tensor:
-    batch, _, length, _ = x.shape
-    return x.transpose(1, 2).reshape(batch, length, -1)  # (batch, length, hidden)
+    batch, heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * head_dim)  # (batch, length, hidden)
 
 
 class CLIPAttention(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,17 @@ import transformers
 
 import altclip
 from altclip.train.student import build_student
-from tests.conftest import LANGUAGES
+
+
+def with_dropout(student, folder):
+    """The student with dropout on, so a resumed run must also restore the random state."""
+    import shutil
+
+    shutil.copytree(student, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"].update(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.1)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -47,17 +58,20 @@ def student(tmp_path_factory, teacher, xlmr_tower) -> Path:
 
 
 @pytest.fixture(scope="session")
-def parallel_tsv(tmp_path_factory) -> Path:
-    """English CLDR emoji names and their translations: src<TAB>tgt<TAB>lang, with bad lines mixed in."""
-    import emoji
+def gappy_pairs(tmp_path_factory) -> Path:
+    """24 pairs, every other image unreadable: with 2 rows a micro-batch, some micro-batches have none."""
+    from tests.conftest import COLOURS, SHAPES, draw
 
-    emoji.config.load_language()
-    lines = ["src\ttgt\tlang"]
-    for data in list(emoji.EMOJI_DATA.values())[:300]:
-        en = data["en"].strip(":").replace("_", " ")
-        for lang in LANGUAGES[1:4]:
-            lines.append(f"{en}\t{data[lang].strip(':').replace('_', ' ')}\t{lang}")
-    lines[5:5] = ["only one column", "a\t\tzh", "x\ty\tz\textra"]
-    path = tmp_path_factory.mktemp("parallel") / "parallel.tsv"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    folder = tmp_path_factory.mktemp("gappy")
+    lines = []
+    for i, (colour, shape) in enumerate((c, s) for c in COLOURS for s in SHAPES):
+        if len(lines) == 24:
+            break
+        draw(COLOURS[colour][1], shape).save(folder / f"{i}.png")
+        (folder / f"broken-{i}.png").write_bytes(b"not an image")
+        lines += [
+            json.dumps({"image": f"{i}.png", "caption": f"a {colour} {shape}"}),
+            json.dumps({"image": f"broken-{i}.png", "caption": f"broken {i}"}),
+        ]
+    (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "pairs.jsonl"

@@ -10,9 +10,12 @@ import torch
 import transformers
 
 import altclip
+from altclip import checkpoint
 from altclip.models import normalize
-from altclip.train.loop import TrainConfig, Trainer, lr_factor
+from altclip.train.loop import NO_ROWS, TrainConfig, Trainer, lr_factor
+from altclip.train.objectives import MAX_LOGIT_SCALE
 from altclip.train.phases import contrastive_phase, distillation_phase
+from tests.train.conftest import with_dropout
 
 HELD_OUT = ["a red apple", "a small dog running", "a bird in the sky", "a cup of coffee", "two cats sleeping"]
 
@@ -78,17 +81,6 @@ class Crash(RuntimeError):
     pass
 
 
-def with_dropout(student, folder):
-    """The student with dropout on, so a resumed run must also restore the random state."""
-    import shutil
-
-    shutil.copytree(student, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["text_config"].update(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.1)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
 @pytest.mark.parametrize(("accumulate", "dropout"), [(1, True), (2, False)])
 def test_resume_gives_the_uninterrupted_losses(tmp_path, teacher, student, parallel_tsv, accumulate, dropout):
     if dropout:
@@ -104,6 +96,11 @@ def test_resume_gives_the_uninterrupted_losses(tmp_path, teacher, student, paral
     with pytest.raises(Crash):
         Trainer(distillation_phase(teacher, student, parallel_tsv), TrainConfig(interrupted, **config)).fit(crash_at_5)
     assert [p.name for p in (interrupted / "checkpoints").iterdir()] == ["step-000003"]
+    if accumulate == 2:  # resume reads sharded weights too (what a model over the shard size gets)
+        saved = interrupted / "checkpoints" / "step-000003"
+        state = checkpoint.load_state_dict([saved / checkpoint.SAFE_WEIGHTS])
+        (saved / checkpoint.SAFE_WEIGHTS).unlink()
+        assert len(checkpoint.save_weights(state, saved, max_shard_size="300KB")) > 2
     Trainer(distillation_phase(teacher, student, parallel_tsv), TrainConfig(interrupted, resume=True, **config)).fit()
     assert losses(interrupted) == losses(tmp_path / "straight")  # bit for bit, steps 4 to 8 included
     ours = altclip.AltCLIPModel.from_pretrained(interrupted / "model").state_dict()
@@ -163,3 +160,83 @@ def test_an_epoch_without_a_usable_batch_is_an_error(tmp_path, student):
     )
     with pytest.raises(ValueError, match=r"gave no usable batch.*image: missing"):
         trainer.fit()
+
+
+def test_a_step_uses_exactly_accumulate_usable_micro_batches(tmp_path, student, gappy_pairs):
+    """Micro-batches with no readable image are skipped and counted; they never count toward a step."""
+    phase = contrastive_phase(student, gappy_pairs)
+    rows: list[int] = []
+    forward = phase.objective.forward
+    phase.objective.forward = lambda batch: rows.append(batch["input_ids"].shape[0]) or forward(batch)
+    consumed: list[int] = []
+    config = TrainConfig(tmp_path, steps=5, batch_size=2, accumulate=3, lr=1e-3, progress=False)
+    summary = Trainer(phase, config).fit(lambda step, loss: consumed.append(len(rows)))
+    assert consumed == [3, 6, 9, 12, 15] and all(n > 0 for n in rows)
+    assert (
+        summary["skipped"][NO_ROWS] >= 1 and summary["skipped"]["image: not_image"] >= 2 * summary["skipped"][NO_ROWS]
+    )
+    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["skipped"] == sum(
+        summary["skipped"].values()
+    )
+
+
+def test_a_finished_run_continues_with_more_steps_or_epochs(tmp_path, teacher, student, parallel_tsv):
+    student = with_dropout(student, tmp_path / "dropout-student")
+    constant = dict(batch_size=8, lr=1e-3, min_lr_ratio=1.0, progress=False)  # the same schedule at any length
+
+    def run(out, **config):
+        return Trainer(distillation_phase(teacher, student, parallel_tsv), TrainConfig(out, **constant, **config)).fit()
+
+    run(tmp_path / "straight", steps=8)
+    run(tmp_path / "more", steps=4)
+    assert run(tmp_path / "more", steps=8, resume=True)["steps"] == 8
+    assert losses(tmp_path / "more") == losses(tmp_path / "straight")  # bit for bit, dropout included
+
+    wide = dict(constant, batch_size=128)
+    one = Trainer(
+        distillation_phase(teacher, student, parallel_tsv), TrainConfig(tmp_path / "e", epochs=1, **wide)
+    ).fit()
+    two = Trainer(
+        distillation_phase(teacher, student, parallel_tsv), TrainConfig(tmp_path / "e", epochs=2, resume=True, **wide)
+    ).fit()
+    assert two["steps"] == 2 * one["steps"] and len(losses(tmp_path / "e")) == two["steps"]
+    with pytest.raises(ValueError, match="batch_size 128, not 64"):
+        Trainer(
+            distillation_phase(teacher, student, parallel_tsv),
+            TrainConfig(tmp_path / "e", epochs=3, resume=True, **dict(wide, batch_size=64)),
+        )
+
+
+def test_keep_counts_the_checkpoints_left(tmp_path, teacher, student, parallel_tsv):
+    common = dict(steps=6, batch_size=8, save_every=2, progress=False)
+
+    def names(out):
+        return sorted(p.name for p in (out / "checkpoints").iterdir())
+
+    for keep, left in ((2, ["step-000004", "step-000006"]), (1, ["step-000006"]), (0, [])):
+        Trainer(
+            distillation_phase(teacher, student, parallel_tsv), TrainConfig(tmp_path / f"k{keep}", keep=keep, **common)
+        ).fit()
+        assert names(tmp_path / f"k{keep}") == left and (tmp_path / f"k{keep}" / "model" / "config.json").is_file()
+
+    def crash_at_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):  # keep 0 still leaves the newest while training, so a crash can resume
+        Trainer(
+            distillation_phase(teacher, student, parallel_tsv), TrainConfig(tmp_path / "crash", keep=0, **common)
+        ).fit(crash_at_5)
+    assert names(tmp_path / "crash") == ["step-000004"]
+    with pytest.raises(ValueError, match="keep must not be negative"):
+        TrainConfig(tmp_path, keep=-1)
+
+
+def test_the_logit_scale_is_clamped_after_each_step(tmp_path, student, pairs_jsonl):
+    phase = contrastive_phase(student, pairs_jsonl)
+    with torch.no_grad():
+        phase.model.logit_scale.fill_(5.0)  # above ln(100): one small step cannot bring it down by itself
+    Trainer(phase, TrainConfig(tmp_path, steps=1, batch_size=8, lr=1e-4, progress=False)).fit()
+    trained = altclip.AltCLIPModel.from_pretrained(tmp_path / "model")
+    assert math.isclose(MAX_LOGIT_SCALE, math.log(100))
+    assert float(trained.logit_scale.detach()) == pytest.approx(MAX_LOGIT_SCALE)
