@@ -605,8 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="phase 2: symmetric InfoNCE on image-text pairs (JSONL or CSV: image, caption, lang)",
         description="Phase 2: the text tower learns against the frozen image tower with CLIP's symmetric InfoNCE and "
         "learned logit scale (clamped at ln 100 after each step). Features are gathered across processes, so a "
-        "micro-batch's negatives are every process's rows (batch-size x processes); --accumulate adds steps' "
-        "samples, not negatives.",
+        "micro-batch's negatives are every process's rows (batch-size x processes); --accumulate adds samples "
+        "to a step, not negatives.",
         epilog="example:\n  altclip train contrastive --model run1/model --data pairs.jsonl --out run2 \\\n"
         "      --steps 5000 --batch-size 128 --lr 2e-5 --warmup 200 --precision bf16 --workers 4\n"
         "  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-endpoint HOST:29500 -m altclip.cli train contrastive ...",

@@ -23,6 +23,7 @@ def assert_same_batch(a: dict, b: dict) -> None:
 def test_datasets_and_collates_pickle(teacher, student, parallel_tsv, pairs_jsonl):
     for phase in (distillation_phase(teacher, student, parallel_tsv), contrastive_phase(student, pairs_jsonl)):
         dataset, collate = pickle.loads(pickle.dumps((phase.dataset, phase.collate)))
+        assert type(pickle.loads(pickle.dumps(phase)).objective) is type(phase.objective)  # the whole phase too
         items = [phase.dataset[i] for i in range(6)]
         assert_same_batch(collate([dataset[i] for i in range(6)]), phase.collate(items))
 
