@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -344,6 +345,12 @@ class Trainer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces gradients on the last micro-batch of a step only."""
+        if self.world > 1 and not sync:
+            return self.module.no_sync()  # type: ignore[operator]
+        return contextlib.nullcontext()
+
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
@@ -354,8 +361,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i in range(c.accumulate):
             batch = self._to_device(next(micro_batches))
-            last = i == c.accumulate - 1
-            with self.module.no_sync() if self.world > 1 and not last else contextlib.nullcontext():  # type: ignore[operator]
+            with self._gradient_sync(i == c.accumulate - 1):
                 with self._autocast():
                     loss = self.module(batch)
                 self.scaler.scale(loss / c.accumulate).backward()
@@ -428,8 +434,16 @@ class Trainer:
     # -- across processes -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Leave the process group this trainer joined (every process, after ``fit``)."""
+        """Leave the process group this trainer joined (every process, after ``fit``).
+
+        Gloo's worker threads live as long as the group does, and DDP holds the group: a group still alive
+        when the interpreter shuts down aborts the process ("terminate called without an active exception").
+        So DDP goes first, then, once every process is here, the group.
+        """
         if self.world > 1 and self._owns_process_group and dist.is_initialized():
+            self.module = self.phase.objective
+            gc.collect()
+            dist.barrier()
             dist.destroy_process_group()
 
     def _barrier(self) -> None:
