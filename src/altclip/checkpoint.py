@@ -220,6 +220,22 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
         raise ValueError(f"the weights do not fit {what}:\n" + "\n".join(problems))
 
 
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a file; anything else is a ``ValueError`` that names the file."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(values).__name__}")
+    return values
+
+
+def write_json(path: str | Path, values: Mapping[str, Any]) -> Path:
+    """``values`` as indented, key-sorted JSON, written atomically (the layout Hugging Face files use)."""
+    return atomic_write_bytes(path, (json.dumps(values, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:

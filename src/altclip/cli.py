@@ -239,14 +239,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from altclip.export import export_onnx
     from altclip.onnx_model import OnnxModel
-    from altclip.runtime import DEFAULT_MODEL, FAMILIES, family_of
+    from altclip.runtime import DEFAULT_MODEL, load_pretrained
 
-    source = args.model or DEFAULT_MODEL
-    model_cls, processor_cls = FAMILIES[family_of(source)]
-    model = model_cls.from_pretrained(source, device="cpu")
+    model, processor = load_pretrained(args.model or DEFAULT_MODEL, device="cpu")
     quantize = None if args.quantize == "none" else args.quantize
-    graphs = export_onnx(model, args.out, towers=args.towers, opset=args.opset, quantize=quantize)
-    processor_cls.from_pretrained(source).save_pretrained(args.out)
+    graphs = export_onnx(model, args.out, towers=args.towers, opset=args.opset, quantize=quantize)  # type: ignore[arg-type]
+    processor.save_pretrained(args.out)
     exported = OnnxModel.from_pretrained(args.out)
     torch.manual_seed(0)
     inputs = {

@@ -10,7 +10,6 @@ misspelt keyword is a ``TypeError``, as with any dataclass.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,13 +66,7 @@ class Config:
 
     @classmethod
     def from_json_file(cls: type[C], path: str | Path) -> C:
-        try:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a JSON object, found {type(values).__name__}")
-        return cls.from_file_dict(values)
+        return cls.from_file_dict(checkpoint.read_json(path))
 
     @classmethod
     def from_file_dict(cls: type[C], values: dict[str, Any]) -> C:
@@ -83,9 +76,7 @@ class Config:
     def save_pretrained(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        values = {"architectures": [self.architecture], **self.to_dict()}
-        text = json.dumps(values, indent=2, sort_keys=True) + "\n"
-        return checkpoint.atomic_write_bytes(folder / CONFIG_NAME, text.encode("utf-8"))
+        return checkpoint.write_json(folder / CONFIG_NAME, {"architectures": [self.architecture], **self.to_dict()})
 
 
 def _check_heads(config: Config) -> None:

@@ -21,7 +21,7 @@ from altclip.models import DualEncoderModel, normalize
 from altclip.onnx_model import OnnxModel
 from altclip.processor import Processor
 from altclip.prompts import check_templates, templates_for
-from altclip.runtime import DEFAULT_MODEL, load_model, load_processor, text_token_limit
+from altclip.runtime import DEFAULT_MODEL, load_pretrained, text_token_limit
 
 
 class Embedder:
@@ -58,8 +58,8 @@ class Embedder:
         first batch of each shape pays the compilation); or "onnx" for a folder written by ``altclip export
         onnx``, run in ONNX Runtime.
         """
-        model = load_model(name_or_path, device=device, dtype=dtype, backend=backend, **hub)
-        return cls(model, load_processor(name_or_path, **hub), batch_size)
+        model, processor = load_pretrained(name_or_path, device=device, dtype=dtype, backend=backend, **hub)
+        return cls(model, processor, batch_size)
 
     @property
     def logit_scale(self) -> float:

@@ -9,7 +9,6 @@ its decompression-bomb limit, and turned upright by its EXIF orientation tag bef
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -191,7 +190,7 @@ class CLIPImageProcessor:
         ``processor_config.json`` (transformers 5) when there is one, else ``preprocessor_config.json``."""
         nested = checkpoint.resolve_file(name_or_path, PROCESSOR_NAME, required=False, **hub)
         if nested is not None:
-            values = _read_json(nested).get("image_processor")
+            values = checkpoint.read_json(nested).get("image_processor")
             if isinstance(values, dict):
                 return cls.from_dict(values)
         path = checkpoint.resolve_file(name_or_path, PREPROCESSOR_NAME, required=False, **hub)
@@ -200,7 +199,7 @@ class CLIPImageProcessor:
                 f"{name_or_path} has no image processor settings: neither {PREPROCESSOR_NAME} nor an "
                 f"image_processor in {PROCESSOR_NAME}"
             )
-        return cls.from_dict(_read_json(path))
+        return cls.from_dict(checkpoint.read_json(path))
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``preprocessor_config.json``, which transformers 4 and 5 both read. A folder that already
@@ -208,12 +207,12 @@ class CLIPImageProcessor:
         prefer that one."""
         folder = Path(folder)
         values = self.to_dict()
-        written = checkpoint.atomic_write_bytes(folder / PREPROCESSOR_NAME, _json_bytes(values))
+        written = checkpoint.write_json(folder / PREPROCESSOR_NAME, values)
         nested = folder / PROCESSOR_NAME
         if nested.is_file():
-            processor = _read_json(nested)
+            processor = checkpoint.read_json(nested)
             if "image_processor" in processor:
-                checkpoint.atomic_write_bytes(nested, _json_bytes({**processor, "image_processor": values}))
+                checkpoint.write_json(nested, {**processor, "image_processor": values})
         return written
 
     # -- preprocessing ----------------------------------------------------------------------------
@@ -256,20 +255,6 @@ class CLIPImageProcessor:
             raise ValueError("images is empty")
         arrays = [self.preprocess_one(image, f"images[{i}]") for i, image in enumerate(batch)]
         return {"pixel_values": _stack(arrays, return_tensors, "pixel_values")}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}")
-    return values
-
-
-def _json_bytes(values: dict[str, Any]) -> bytes:
-    return (json.dumps(values, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def _as_array(image: ImageInput, what: str = "image") -> np.ndarray:

@@ -60,39 +60,35 @@ def compile_towers(model: DualEncoderModel) -> DualEncoderModel:
     return model
 
 
-def load_model(
+def load_pretrained(
     name_or_path: str | Path,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     backend: str = "torch",
     **hub: Any,
-) -> DualEncoderModel | OnnxModel:
-    """The model of a folder or hub name, of the family its config.json names, ready for inference.
+) -> tuple[DualEncoderModel | OnnxModel, Processor]:
+    """The model, ready for inference, and the processor of a folder or hub name, of the family its
+    config.json names.
 
     ``dtype``: float32 (default), bfloat16, float16, or "int8" (dynamic quantization, CPU only).
     ``backend``: see the module docstring.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    model_cls, _ = FAMILIES[family_of(name_or_path, **hub)]
+    model_cls, processor_cls = FAMILIES[family_of(name_or_path, **hub)]
+    processor = processor_cls.from_pretrained(name_or_path, **hub)
     if backend == "onnx":
         if dtype not in (None, "float32", torch.float32) or str(device) not in ("None", "auto", "cpu"):
             raise ValueError(
                 f"the onnx backend runs the exported float32 graphs on the CPU (got dtype={dtype}, device={device})"
             )
-        return OnnxModel.from_pretrained(name_or_path)
+        return OnnxModel.from_pretrained(name_or_path), processor
     if dtype == "int8":  # float32 weights, then int8 dynamic quantization of the Linear layers (CPU)
         if backend == "compile":
             raise ValueError("the compile backend takes float32, bfloat16 or float16 models, not int8")
         from altclip.quantize import quantize_int8
 
-        return quantize_int8(model_cls.from_pretrained(name_or_path, device="cpu", **hub))
+        return quantize_int8(model_cls.from_pretrained(name_or_path, device="cpu", **hub)), processor
     model = model_cls.from_pretrained(name_or_path, dtype=dtype, device=resolve_device(device), **hub)
-    return compile_towers(model) if backend == "compile" else model
-
-
-def load_processor(name_or_path: str | Path, **hub: Any) -> Processor:
-    """The processor of a folder or hub name, of the family its config.json names."""
-    _, processor_cls = FAMILIES[family_of(name_or_path, **hub)]
-    return processor_cls.from_pretrained(name_or_path, **hub)
+    return (compile_towers(model) if backend == "compile" else model), processor

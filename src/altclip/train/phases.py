@@ -12,7 +12,7 @@ from pathlib import Path
 from altclip.datafiles import read_pairs, read_parallel
 from altclip.models import AltCLIPModel, CLIPModel
 from altclip.processor import AltCLIPProcessor
-from altclip.runtime import load_model, load_processor, text_token_limit
+from altclip.runtime import load_pretrained, text_token_limit
 from altclip.tokenization import CLIPTokenizer
 from altclip.train.data import ImagePairs, PairCollate, ParallelCollate
 from altclip.train.loop import Phase
@@ -44,8 +44,7 @@ def contrastive_phase(
     ``local_loss``: each process scores its own rows against the gathered batch (open_clip's ``local_loss``);
     the same loss and gradients, less memory and compute per process on large global batches.
     """
-    model = load_model(model_path, device="cpu")
-    processor = load_processor(model_path)
+    model, processor = load_pretrained(model_path, device="cpu")
     table = read_pairs(data)
     image_processor = processor.image_processor
     crop = image_processor.crop_size
