@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Create .venv with altclip installed (CPU PyTorch 2.13.0). `--test` adds the test extra
-# (pytest, transformers as the reference implementation, ruff, scikit-image, emoji, and the ONNX
-# exporter and runtime).
-# Also installs the Noto Color Emoji font the demo draws with, where this machine lets us.
+# Create .venv with altclip installed (CPU PyTorch 2.13.0) with the demo and serve extras. `--test` installs
+# the test extra instead (pytest, transformers as the reference implementation, ruff, scikit-image, emoji,
+# the ONNX exporter and runtime, the server's stack, httpx and Playwright).
+# System packages, where this machine lets us (root or password-less sudo, apt): the Noto Color Emoji font the
+# demo draws with; with --test also Chromium and the Noto CJK fonts, for the browser tests of the search page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FONT=/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
-if [ ! -f "$FONT" ]; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -q fonts-noto-color-emoji >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fonts-noto-color-emoji >/dev/null 2>&1; } \
-      || echo "setup: could not install fonts-noto-color-emoji; the demo needs it (see README)" >&2
-  elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo apt-get install -y -q fonts-noto-color-emoji >/dev/null 2>&1 \
-      || echo "setup: could not install fonts-noto-color-emoji; the demo needs it (see README)" >&2
-  else
-    echo "setup: the demo needs the Noto Color Emoji font: install fonts-noto-color-emoji (Debian/Ubuntu)," \
-         "google-noto-emoji-color-fonts (Fedora) or noto-fonts-emoji (Arch), or pass --font to altclip demo" >&2
+apt_install() {  # best effort: say what is missing instead of failing the set-up
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else return 1; fi
   fi
+  command -v apt-get >/dev/null 2>&1 || return 1
+  $sudo apt-get install -y -q "$@" >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q "$@" >/dev/null 2>&1; }
+}
+
+if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then
+  apt_install fonts-noto-color-emoji \
+    || echo "setup: the demo needs the Noto Color Emoji font: install fonts-noto-color-emoji (Debian/Ubuntu)," \
+            "google-noto-emoji-color-fonts (Fedora) or noto-fonts-emoji (Arch), or pass --font to altclip demo" >&2
+fi
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  apt_install chromium fonts-noto-cjk \
+    || echo "setup: the browser tests need Chromium (apt-get install chromium fonts-noto-cjk); they skip without it" >&2
 fi
 
 python3 -m venv .venv
@@ -28,5 +34,5 @@ python3 -m venv .venv
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
 else
-  .venv/bin/python -m pip install -q -e ".[demo]"
+  .venv/bin/python -m pip install -q -e ".[demo,serve]"
 fi

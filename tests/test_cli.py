@@ -24,7 +24,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_help_lists_every_command_with_an_example():
     result = subprocess.run([sys.executable, "-m", "altclip.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for command in ("classify", "similarity", "embed", "index", "search"):
+    for command in ("classify", "similarity", "embed", "index", "search", "serve"):
         assert command in result.stdout and f"altclip {command}" in result.stdout
         sub = build_parser()._subparsers._group_actions[0].choices[command]
         assert f"altclip {command}" in sub.format_help()
@@ -96,6 +96,11 @@ def test_embed_index_search(capsys, tmp_path, altclip_checkpoint, image_folder):
     image = collection.ok_paths()[4]
     code, out, _ = run(capsys, "search", str(out_dir), "--image", image, "-k", "1")
     assert code == 0 and image in out.splitlines()[2]
+    code, out, err = run(capsys, "search", str(out_dir), "--image", image, "-k", "3", "--dedup", "--json")
+    hits = json.loads(out)
+    vectors = collection.embeddings().astype(np.float32)[[h["id"] for h in hits]]
+    assert code == 0 and hits[0]["path"] == image and "near-duplicates" in err
+    assert ((vectors @ vectors.T)[np.triu_indices(len(hits), 1)] < 0.94).all()
     code, out, _ = run(capsys, "index", str(out_dir), "--exact-max", "10", "--json")
     assert code == 0 and json.loads(out)["type"] == "hnsw_flat_ip"
 

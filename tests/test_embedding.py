@@ -87,6 +87,19 @@ def test_class_embeddings_are_computed_once(altclip_checkpoint, image_folder, mo
     assert calls == [4, 2]
 
 
+def test_the_class_embedding_cache_is_bounded(altclip_checkpoint, monkeypatch):
+    """A server fed ever new label sets keeps only the most recent ones."""
+    embedder = Embedder.from_pretrained(altclip_checkpoint)
+    monkeypatch.setattr(embedder, "CLASS_CACHE_SIZE", 3)
+    kept = {}
+    for i in range(10):
+        kept[i] = embedder.zero_shot_classes([f"label {i}", "other"], templates=["{}"])
+        assert len(embedder._class_embeddings) == min(i + 1, 3)
+    assert embedder.zero_shot_classes(["label 9", "other"], templates=["{}"]) is kept[9]  # recent: cached
+    assert embedder.zero_shot_classes(["label 0", "other"], templates=["{}"]) is not kept[0]  # evicted
+    torch.testing.assert_close(embedder.zero_shot_classes(["label 0", "other"], templates=["{}"]), kept[0])
+
+
 def test_bad_arguments(altclip_checkpoint):
     embedder = Embedder.from_pretrained(altclip_checkpoint)
     with pytest.raises(ValueError, match="labels is empty"):

@@ -14,6 +14,7 @@ import transformers
 from PIL import Image
 
 from altclip.image import CLIPImageProcessor, ImageLoadError, load_image
+from tests.conftest import bomb_png
 
 PHOTOS = sorted(p for p in (Path(skimage.__file__).parent / "data").iterdir() if p.suffix in {".png", ".jpg", ".gif"})
 RNG = np.random.default_rng(0)
@@ -162,6 +163,21 @@ def test_bad_images_are_named(tmp_path, monkeypatch):
     with pytest.raises(ImageLoadError, match="decompression bomb") as err:
         ours(tmp_path / "big.png")
     assert err.value.kind == "bomb"
+
+
+def test_uploaded_bytes_read_like_their_file(tmp_path):
+    """The server's path: bytes in, the same pixels as the file, and errors named after the upload."""
+    processor = CLIPImageProcessor()
+    image = Image.fromarray((RNG.random((90, 60, 3)) * 255).astype(np.uint8))
+    image.save(tmp_path / "a.png")
+    from_bytes = processor.preprocess_file((tmp_path / "a.png").read_bytes(), name="image 'a.png'")
+    from_file = processor.preprocess_file(tmp_path / "a.png")
+    np.testing.assert_array_equal(from_bytes[0], from_file[0])
+    assert from_bytes[1:] == from_file[1:] == (60, 90)
+    for data, kind in ((b"", "empty"), (b"plain text", "not_image"), (bomb_png(), "bomb")):
+        with pytest.raises(ImageLoadError, match=r"^image 'a\.png': ") as err:
+            processor.preprocess_file(data, name="image 'a.png'")
+        assert err.value.kind == kind
 
 
 def test_config_files_round_trip_with_transformers(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ examples:
   altclip index ~/photos.emb --exact-max 100000
   altclip search ~/photos.emb --text "夕阳下的海滩" -k 5
   altclip search ~/photos.emb --image query.jpg --json
+  altclip serve ~/photos.emb    # then open http://127.0.0.1:8000
   altclip demo --out altclip-demo
   altclip export onnx --model BAAI/AltCLIP --out altclip-onnx
   altclip classify cat.jpg --labels cat dog --model altclip-onnx --backend onnx
@@ -145,13 +147,48 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = SearchIndex(args.folder)
     embedder = load_embedder(args, args.model or index.collection.manifest["model"])
     query = embedder.embed_texts([args.text]) if args.text is not None else embedder.embed_images([args.image])
-    hits = index.search(query.float().cpu().numpy(), k=args.k)[0]
+    if args.dedup:
+        hits, dropped = index.search_unique(query[0].float().cpu().numpy(), k=args.k)
+        print(f"dropped {dropped} near-duplicates", file=sys.stderr)
+    else:
+        hits = index.search(query.float().cpu().numpy(), k=args.k)[0]
     emit(
         args,
-        [{"rank": h.rank, "score": h.score, "path": h.path} for h in hits],
+        [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id} for h in hits],
         ["rank", "score", "path"],
         [(h.rank, h.score, h.path) for h in hits],
     )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from altclip.serve import Catalog, ServeConfig, create_app
+        from altclip.serve.server import check_bind, run
+    except ImportError as err:
+        raise ImportError(f"altclip serve needs the serve extra: pip install 'altclip[serve]' ({err})") from err
+
+    check_bind(args.host, args.token)
+    catalog = Catalog.from_specs(args.folders, thumbnail_cache_bytes=args.thumbnail_cache_mb * 2**20)
+    models = {served.model for served in catalog.indexes.values()}
+    if args.model is None and len(models) > 1:
+        raise ValueError(
+            f"the indexes were embedded by different models ({', '.join(sorted(models))}); serve them separately "
+            "or choose one with --model"
+        )
+    embedder = load_embedder(args, args.model or models.pop())
+    config = ServeConfig(
+        token=args.token,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        queue_size=args.queue_size,
+        batch_window=args.batch_window_ms / 1000,
+    )
+    app = create_app(embedder, catalog, config)
+    info = catalog.info()
+    print(format_table(["index", "images", "dim", "model"], [tuple(i.values()) for i in info]), file=sys.stderr)
+    guarded = " (token required on /api)" if args.token else ""
+    print(f"altclip serve: http://{args.host}:{args.port}/{guarded}, API docs at /docs", file=sys.stderr)
+    run(app, args.host, args.port)
     return 0
 
 
@@ -431,7 +468,30 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--text")
     query.add_argument("--image")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--dedup", action="store_true", help="drop near-duplicates (inner product >= 0.94 to a better hit)")
     p.set_defaults(run=cmd_search)
+
+    p = add(
+        "serve",
+        "a photo-search server and web page over embedding folders: search by text in any language or by "
+        "image, zero-shot classification, a JSON API (docs at /docs) and Prometheus metrics",
+        "altclip serve ~/photos.emb trips=~/trips.emb --port 8000\n"
+        '  then open http://127.0.0.1:8000 ; for a team: --host 0.0.0.0 --token "$(openssl rand -hex 16)"',
+    )
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="an `altclip embed` folder, or NAME=FOLDER")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--token",
+        default=os.environ.get("ALTCLIP_TOKEN"),
+        help="require Authorization: Bearer TOKEN on /api/* (needed to listen beyond loopback); "
+        "or set ALTCLIP_TOKEN, which keeps it out of the process list",
+    )
+    p.add_argument("--queue-size", type=int, default=256, help="model jobs allowed to wait; more get 503")
+    p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long a lone text query waits for others")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="larger request bodies get 413")
+    p.add_argument("--thumbnail-cache-mb", type=int, default=64, help="memory for cached thumbnails")
+    p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(
         "demo",

@@ -1,11 +1,13 @@
 """Embeddings and similarity: a model and its processor, batched, on the model's device and dtype.
 
 The ``Embedder`` is what tasks, evaluation and the server share. One ``Embedder`` may serve many threads
-at once (a web server's case): nothing in it changes per call but its cache of class embeddings.
+at once (a web server's case): nothing in it changes per call but its bounded cache of class embeddings.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,11 @@ class Embedder:
     """Normalised text and image embeddings from an AltCLIP or CLIP checkpoint.
 
     Texts are tokenised once, sorted by length and batched so that padding stays small; results come
-    back in the input order. Class embeddings for zero-shot classification are cached per label set.
+    back in the input order. Class embeddings for zero-shot classification are cached per label set, the
+    ``CLASS_CACHE_SIZE`` most recent sets, so a server fed ever new labels keeps its memory flat.
     """
+
+    CLASS_CACHE_SIZE = 64
 
     def __init__(self, model: DualEncoderModel | OnnxModel, processor: Processor, batch_size: int = 32) -> None:
         if batch_size < 1:
@@ -38,7 +43,8 @@ class Embedder:
         self.processor = processor
         self.batch_size = batch_size
         self.max_text_tokens = text_token_limit(model.config.text_config, processor.tokenizer)  # type: ignore[attr-defined]
-        self._class_embeddings: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}
+        self._class_embeddings: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = OrderedDict()
+        self._class_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -147,11 +153,32 @@ class Embedder:
     def class_embeddings(self, labels: Sequence[str], templates: Sequence[str]) -> Tensor:
         """(classes, dim): each template filled with the label, embedded, averaged, renormalised. Cached."""
         key = (tuple(labels), tuple(templates))
-        if key not in self._class_embeddings:
-            prompts = [template.format(label) for label in labels for template in templates]
-            vectors = self.embed_texts(prompts).view(len(labels), len(templates), -1)  # (classes, templates, dim)
-            self._class_embeddings[key] = normalize(vectors.mean(dim=1))
-        return self._class_embeddings[key]
+        with self._class_lock:
+            if key in self._class_embeddings:
+                self._class_embeddings.move_to_end(key)
+                return self._class_embeddings[key]
+        prompts = [template.format(label) for label in labels for template in templates]
+        vectors = self.embed_texts(prompts).view(len(labels), len(templates), -1)  # (classes, templates, dim)
+        classes = normalize(vectors.mean(dim=1))
+        with self._class_lock:
+            self._class_embeddings[key] = classes
+            while len(self._class_embeddings) > self.CLASS_CACHE_SIZE:
+                self._class_embeddings.popitem(last=False)
+        return classes
+
+    def zero_shot_classes(
+        self, labels: Sequence[str], templates: Sequence[str] | None = None, lang: str = "en"
+    ) -> Tensor:
+        """(classes, dim) class embeddings from ``templates``, or the built-in ones of ``lang``; checked first."""
+        templates = check_templates(templates) if templates is not None else templates_for(lang)
+        if not labels:
+            raise ValueError("labels is empty")
+        return self.class_embeddings(labels, templates)
+
+    def probabilities(self, image_embeds: Tensor, classes: Tensor) -> Tensor:
+        """(images, dim) and (classes, dim) unit vectors -> (images, classes) softmax of the scaled cosine."""
+        logits = self.logit_scale * (image_embeds @ classes.t())
+        return logits.float().softmax(dim=-1)
 
     def classify(
         self,
@@ -161,9 +188,5 @@ class Embedder:
         lang: str = "en",
     ) -> Tensor:
         """(images, classes) probabilities: softmax of the scaled cosine to each class's prompt ensemble."""
-        templates = check_templates(templates) if templates is not None else templates_for(lang)
-        if not labels:
-            raise ValueError("labels is empty")
-        classes = self.class_embeddings(labels, templates)
-        logits = self.logit_scale * (self.embed_images(images) @ classes.t())
-        return logits.float().softmax(dim=-1)
+        classes = self.zero_shot_classes(labels, templates, lang)
+        return self.probabilities(self.embed_images(images), classes)

@@ -9,6 +9,7 @@ its decompression-bomb limit, and turned upright by its EXIF orientation tag bef
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,8 +38,9 @@ class ImageLoadError(ValueError):
         self.kind = kind
 
 
-def load_image(path: str | Path, draft_min_side: int | None = None) -> Image.Image:
-    """Open an image file and apply its EXIF orientation. Pillow's decompression-bomb check stays on.
+def load_image(path: str | Path | bytes, draft_min_side: int | None = None, name: str = "upload") -> Image.Image:
+    """Open an image file (or its bytes, an upload, called ``name`` in errors) and apply its EXIF orientation.
+    Pillow's decompression-bomb check stays on.
 
     ``draft_min_side``: let JPEGs decode at 1/2, 1/4 or 1/8 scale (Pillow's draft mode) while the shorter
     side stays at least this many pixels. Large photos decode several times faster; the pixels after
@@ -46,11 +48,12 @@ def load_image(path: str | Path, draft_min_side: int | None = None) -> Image.Ima
 
     Raises ``ImageLoadError`` with ``kind`` one of missing, empty, not_image, truncated, bomb, unreadable.
     """
-    path = Path(path)
+    data = path if isinstance(path, bytes) else None
+    path = name if data is not None else Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise ImageLoadError(path, "empty", "zero-byte file")
-        with Image.open(path) as opened:
+        with Image.open(io.BytesIO(data) if data is not None else path) as opened:
             if draft_min_side and opened.format == "JPEG":
                 opened.draft(opened.mode, (draft_min_side, draft_min_side))
             image = ImageOps.exif_transpose(opened)
@@ -234,19 +237,23 @@ class CLIPImageProcessor:
             array = (array - mean) / std
         return array
 
-    def preprocess_file(self, path: str | Path, draft_min_side: int | None = None) -> tuple[np.ndarray, int, int]:
-        """One image file -> (pixels, width, height): the one reading path of embedding, training and evaluation.
+    def preprocess_file(
+        self, path: str | Path | bytes, draft_min_side: int | None = None, name: str = "upload"
+    ) -> tuple[np.ndarray, int, int]:
+        """One image file (or an upload's bytes, ``name`` in errors) -> (pixels, width, height): the one reading
+        path of embedding, training, evaluation and the server.
 
         Every failure, a decoder's own bug included, is an ``ImageLoadError`` whose ``kind`` says why, so
         batch jobs skip and count the file and go on. ``draft_min_side``: see ``load_image``.
         """
         try:
-            image = load_image(path, draft_min_side)
-            return self.preprocess_one(image, str(path)), *image.size
+            image = load_image(path, draft_min_side, name)
+            return self.preprocess_one(image, name if isinstance(path, bytes) else str(path)), *image.size
         except ImageLoadError:
             raise
         except Exception as err:  # a decoder bug must not end a long job
-            raise ImageLoadError(path, "unreadable", f"{type(err).__name__}: {err}") from err
+            where = name if isinstance(path, bytes) else path
+            raise ImageLoadError(where, "unreadable", f"{type(err).__name__}: {err}") from err
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt") -> dict[str, Any]:
         """Images -> ``{"pixel_values": (batch, 3, H, W)}`` as torch ("pt"), NumPy ("np") or a list (None)."""

@@ -59,3 +59,37 @@ def test_search_errors(tmp_path, collection_folder):
         SearchIndex(collection_folder).search(np.zeros((1, 16), np.float32), k=0)
     with pytest.raises(FileNotFoundError, match="not an embedding folder"):
         SearchIndex(tmp_path)
+
+
+def naive_unique(vectors: np.ndarray, query: np.ndarray, k: int, threshold: float) -> tuple[list[int], int]:
+    """Rank everything exactly, then keep each result unless it is near one already kept."""
+    order = np.argsort(-(vectors @ query), kind="stable")
+    kept, dropped = [], 0
+    for i in order:
+        if len(kept) == k:
+            break
+        if all(float(vectors[j] @ vectors[i]) < threshold for j in kept):
+            kept.append(int(i))
+        else:
+            dropped += 1
+    return kept, dropped
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.9, 0.94, 0.99, 1.01])
+@pytest.mark.parametrize("k", [1, 3, 10, 100])
+def test_search_unique_equals_a_naive_reference(collection_folder, threshold, k):
+    build_index(collection_folder)
+    index = SearchIndex(collection_folder)
+    vectors = index.vectors(list(range(len(index))))
+    np.testing.assert_allclose(vectors, Collection.open(collection_folder).embeddings().astype(np.float32))
+    spread = float((vectors @ vectors.T)[np.triu_indices(len(vectors), 1)].min())
+    assert spread < 0.94  # the data has both near and far pairs, so the thresholds matter
+    query = vectors[:3].mean(axis=0)
+    query /= np.linalg.norm(query)
+    hits, dropped = index.search_unique(query, k=k, threshold=threshold)
+    expected, expected_dropped = naive_unique(vectors, query, k, threshold)
+    assert [h.id for h in hits] == expected and dropped == expected_dropped
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert [h.path for h in hits] == [index.paths[i] for i in expected]
+    if threshold > 1:
+        assert dropped == 0 and len(hits) == min(k, len(index))

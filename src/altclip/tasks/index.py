@@ -54,11 +54,15 @@ def build_index(folder: str | Path, exact_max: int = EXACT_MAX) -> dict[str, Any
     return info
 
 
+DEDUP_THRESHOLD = 0.94  # clip-retrieval's rule: results at least this close to a better one are near-duplicates
+
+
 @dataclass
 class Hit:
     rank: int
     score: float
     path: str
+    id: int  # the vector's row in the index (and in ``SearchIndex.paths``)
 
 
 class SearchIndex:
@@ -82,6 +86,9 @@ class SearchIndex:
                 f"{len(self.paths)}; rebuild it with `altclip index {folder}`"
             )
 
+    def __len__(self) -> int:
+        return self.index.ntotal
+
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """(queries, dim) unit vectors -> the k best images for each, best first."""
         if k < 1:
@@ -90,9 +97,42 @@ class SearchIndex:
         scores, ids = self.index.search(queries, min(k, self.index.ntotal))
         return [
             [
-                Hit(rank + 1, float(s), self.paths[i])
+                Hit(rank + 1, float(s), self.paths[i], int(i))
                 for rank, (s, i) in enumerate(zip(row_s, row_i, strict=True))
                 if i >= 0
             ]
             for row_s, row_i in zip(scores, ids, strict=True)
         ]
+
+    def search_unique(
+        self, query: np.ndarray, k: int = 10, threshold: float = DEDUP_THRESHOLD
+    ) -> tuple[list[Hit], int]:
+        """The k best images for one (dim,) query with near-duplicates dropped, and how many were dropped.
+
+        Walking the results best first, one is dropped when its inner product with a result already kept is at
+        least ``threshold`` (clip-retrieval's 0.94). Greedy, so in a chain A~B~C where A and C differ, C stays.
+        More candidates are fetched until k are kept or the index runs out.
+        """
+        fetch = min(len(self), max(4 * k, k + 64))
+        while True:
+            candidates = self.search(query, fetch)[0]
+            vectors = self.vectors([h.id for h in candidates])
+            kept: list[int] = []
+            for i in range(len(candidates)):
+                if not kept or float((vectors[kept] @ vectors[i]).max()) < threshold:
+                    kept.append(i)
+                    if len(kept) == k:
+                        break
+            if len(kept) == k or fetch == len(self):
+                break
+            fetch = min(len(self), 2 * fetch)
+        last = kept[-1] if kept else -1
+        dropped = (last + 1 - len(kept)) if len(kept) == k else len(candidates) - len(kept)
+        hits = [Hit(rank + 1, candidates[i].score, candidates[i].path, candidates[i].id) for rank, i in enumerate(kept)]
+        return hits, dropped
+
+    def vectors(self, ids: list[int]) -> np.ndarray:
+        """(len(ids), dim) float32: the stored vectors of these rows."""
+        if not ids:
+            return np.zeros((0, self.index.d), np.float32)
+        return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))

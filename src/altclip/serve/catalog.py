@@ -1,0 +1,123 @@
+"""The embedding folders a server searches, by name, and the thumbnails of their images.
+
+A client names an image by its index and its row id, never by a path: ids are parsed as integers and
+looked up in the index's own list of paths, so no request can reach a file outside the collection.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from altclip.image import load_image, to_rgb
+from altclip.tasks.index import SearchIndex
+
+THUMBNAIL_SIDE = 256
+THUMBNAIL_QUALITY = 85
+
+
+class NotFound(LookupError):
+    """An index name or an image id the catalog does not hold."""
+
+
+def parse_folder(spec: str) -> tuple[str, Path]:
+    """``name=FOLDER`` or ``FOLDER`` (named after the folder) -> (name, folder)."""
+    name, sep, folder = spec.partition("=")
+    if not sep:
+        name, folder = Path(spec).resolve().name, spec
+    if not name or not folder:
+        raise ValueError(f"{spec!r}: expected FOLDER or NAME=FOLDER")
+    if "/" in name or "\\" in name:
+        raise ValueError(f"{spec!r}: an index name must not contain a slash")
+    return name, Path(folder)
+
+
+@dataclass
+class ServedIndex:
+    name: str
+    index: SearchIndex
+
+    @property
+    def model(self) -> str:
+        return self.index.collection.manifest["model"]
+
+    def info(self) -> dict[str, object]:
+        return {"name": self.name, "count": len(self.index), "dim": self.index.index.d, "model": self.model}
+
+
+class Catalog:
+    """Named ``SearchIndex``es (the first is the default) and a bounded cache of JPEG thumbnails."""
+
+    def __init__(self, folders: dict[str, str | Path], thumbnail_cache_bytes: int = 64 * 2**20) -> None:
+        if not folders:
+            raise ValueError("no embedding folder to serve")
+        self.indexes = {name: ServedIndex(name, SearchIndex(folder)) for name, folder in folders.items()}
+        self.thumbnail_cache_bytes = thumbnail_cache_bytes
+        self._thumbnails: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_specs(cls, specs: list[str], thumbnail_cache_bytes: int = 64 * 2**20) -> Catalog:
+        """``FOLDER`` or ``NAME=FOLDER`` arguments, as the command takes them."""
+        folders: dict[str, str | Path] = {}
+        for spec in specs:
+            name, folder = parse_folder(spec)
+            if name in folders:
+                raise ValueError(f"two indexes are named {name!r}; name them with NAME=FOLDER")
+            folders[name] = folder
+        return cls(folders, thumbnail_cache_bytes)
+
+    def info(self) -> list[dict[str, object]]:
+        return [served.info() for served in self.indexes.values()]
+
+    def get(self, name: str | None) -> ServedIndex:
+        """The index called ``name``; the first one when ``name`` is None."""
+        if name is None:
+            return next(iter(self.indexes.values()))
+        if name not in self.indexes:
+            raise NotFound(f"no index named {name!r}; these exist: {', '.join(self.indexes)}")
+        return self.indexes[name]
+
+    def path(self, name: str, image_id: str | int) -> Path:
+        """The file behind an id of an index; anything but a row number of that index is ``NotFound``."""
+        served = self.get(name)
+        text = str(image_id)
+        if not (text.isascii() and text.isdigit()) or int(text) >= len(served.index):
+            raise NotFound(f"index {name!r} has no image {text!r}")
+        return Path(served.index.paths[int(text)])
+
+    def thumbnail(self, name: str, image_id: str | int) -> bytes:
+        """A JPEG of at most ``THUMBNAIL_SIDE`` pixels on its long side, cached (least recently used first out)."""
+        path = self.path(name, image_id)
+        key = (name, int(image_id))
+        with self._lock:
+            if key in self._thumbnails:
+                self._thumbnails.move_to_end(key)
+                return self._thumbnails[key]
+        data = make_thumbnail(path)
+        with self._lock:
+            if key not in self._thumbnails and len(data) <= self.thumbnail_cache_bytes:
+                self._thumbnails[key] = data
+                self._cached_bytes += len(data)
+            while self._cached_bytes > self.thumbnail_cache_bytes:
+                self._cached_bytes -= len(self._thumbnails.popitem(last=False)[1])
+        return data
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
+
+def make_thumbnail(path: str | Path, side: int = THUMBNAIL_SIDE) -> bytes:
+    """The image upright, within ``side`` x ``side``, as JPEG bytes (transparency on white)."""
+    image = load_image(path, draft_min_side=side)
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    Image.fromarray(to_rgb(image, str(path))).save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
+    return buffer.getvalue()

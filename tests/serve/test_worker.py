@@ -1,0 +1,124 @@
+"""The model worker: concurrent text queries share forward passes and get exactly their own vectors; the queue
+is bounded; failures and departed clients are handled."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from altclip.serve.worker import Busy, ModelWorker
+
+TEXTS = ["a red circle", "一个蓝色的方形", "دائرة حمراء", "緑の三角形", "a red circle", "노란 원", "un carré bleu"]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_concurrent_texts_are_batched_and_each_gets_its_own_vector(embedder):
+    batches: list[int] = []
+
+    async def main():
+        worker = ModelWorker(embedder, max_batch=32, window=0.05)
+        worker.on_batch = batches.append
+        await worker.start()
+        try:
+            return await asyncio.gather(*(worker.embed_text(t) for t in TEXTS))
+        finally:
+            await worker.stop()
+
+    got = np.stack(run(main()))
+    expected = np.stack([embedder.embed_texts([t]).float().numpy()[0] for t in TEXTS])  # one at a time
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert sum(batches) == len(TEXTS) and len(batches) < len(TEXTS)  # fewer forward passes than queries
+    assert batches == [len(TEXTS)]  # all arrived inside one window
+
+
+def test_batches_never_exceed_max_batch(embedder):
+    batches: list[int] = []
+
+    async def main():
+        worker = ModelWorker(embedder, max_batch=3, window=0.05)
+        worker.on_batch = batches.append
+        await worker.start()
+        try:
+            return await asyncio.gather(*(worker.embed_text(f"text {i}") for i in range(10)))
+        finally:
+            await worker.stop()
+
+    assert len(run(main())) == 10
+    assert max(batches) <= 3 and sum(batches) == 10
+
+
+def test_a_full_queue_refuses_and_never_grows(embedder):
+    release = threading.Event()
+
+    async def main():
+        worker = ModelWorker(embedder, max_batch=4, window=0.0, max_queue=3)
+        await worker.start()
+        try:
+            blocked = asyncio.ensure_future(worker.call(release.wait))  # holds the model thread
+            waiting = [asyncio.ensure_future(worker.embed_text(f"q{i}")) for i in range(2)]
+            await asyncio.sleep(0.05)
+            assert worker.waiting == 3
+            with pytest.raises(Busy, match="3 requests are waiting"):
+                await worker.embed_text("one too many")
+            assert worker.waiting == 3
+            release.set()
+            await asyncio.gather(blocked, *waiting)
+            assert worker.waiting == 0
+            return await worker.embed_text("room again")
+        finally:
+            await worker.stop()
+
+    assert run(main()).shape == (16,)
+
+
+def test_a_failing_call_fails_only_its_own_request(embedder):
+    def broken():
+        raise RuntimeError("boom")
+
+    async def main():
+        worker = ModelWorker(embedder)
+        await worker.start()
+        try:
+            results = await asyncio.gather(worker.call(broken), worker.embed_text("fine"), return_exceptions=True)
+            return results, await worker.embed_text("still fine")
+        finally:
+            await worker.stop()
+
+    (failed, fine), after = run(main())
+    assert isinstance(failed, RuntimeError) and fine.shape == after.shape == (16,)
+
+
+def test_departed_clients_cost_no_forward_pass(embedder):
+    release, batches = threading.Event(), []
+
+    async def main():
+        worker = ModelWorker(embedder, window=0.0)
+        worker.on_batch = batches.append
+        await worker.start()
+        try:
+            blocked = asyncio.ensure_future(worker.call(release.wait))
+            gone = asyncio.ensure_future(worker.embed_text("nobody waits for this"))
+            await asyncio.sleep(0.05)
+            gone.cancel()
+            await asyncio.sleep(0.01)
+            release.set()
+            await blocked
+            await worker.embed_text("someone waits for this")
+        finally:
+            await worker.stop()
+
+    run(main())
+    assert batches == [1]
+
+
+def test_bad_settings_and_unstarted_use():
+    with pytest.raises(ValueError, match="max_batch >= 1"):
+        ModelWorker(None, max_batch=0)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not started"):
+        run(ModelWorker(None).embed_text("x"))  # type: ignore[arg-type]
