@@ -1,5 +1,6 @@
 """Data flows one way: siblings (tasks, train, evaluate) never import each other, the floor below them never
-imports them, nothing imports the command, and transformers is never a run-time import."""
+imports them, the server sits on tasks and only the command imports it, nothing imports the command, and
+transformers is never a run-time import."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import altclip
 
 PACKAGE = Path(altclip.__file__).parent
 SIBLINGS = ("tasks", "train", "evaluate")
-ABOVE_THE_FLOOR = (*SIBLINGS, "demo", "cli")
+SERVER = "serve"  # sits on tasks (and the floor); only the command imports it
+ABOVE_THE_FLOOR = (*SIBLINGS, SERVER, "demo", "cli")
 
 
 def imports() -> dict[str, set[str]]:
@@ -49,6 +51,10 @@ def test_data_flows_one_way():
                 continue
             if theirs == "cli":
                 problems.append(f"{module} imports the command")
+            elif theirs == SERVER and mine != "cli":
+                problems.append(f"{module} imports the server {name}")
+            elif mine == SERVER and theirs in ("train", "evaluate", "demo"):
+                problems.append(f"the server {module} imports {name}")
             elif mine in SIBLINGS and theirs in SIBLINGS:
                 problems.append(f"{module} imports its sibling {name}")
             elif mine not in ABOVE_THE_FLOOR and theirs in ABOVE_THE_FLOOR:
@@ -61,4 +67,5 @@ def test_the_checker_sees_imports():
     found = imports()
     assert "altclip.runtime" in found["altclip.embedding"]
     assert "altclip.train.loop" in found["altclip.train.phases"]
+    assert "altclip.tasks.index" in found["altclip.serve.app"]
     assert {"altclip.train", "altclip.tasks", "altclip.evaluate"} <= {layer(m) and f"altclip.{layer(m)}" for m in found}

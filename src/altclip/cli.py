@@ -164,11 +164,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from altclip.serve import Catalog, ServeConfig, create_app
-        from altclip.serve.server import check_bind, run
+        from altclip.serve.server import check_bind, limit_malloc_arenas, run
     except ImportError as err:
         raise ImportError(f"altclip serve needs the serve extra: pip install 'altclip[serve]' ({err})") from err
 
     check_bind(args.host, args.token)
+    limit_malloc_arenas()
     catalog = Catalog.from_specs(args.folders, thumbnail_cache_bytes=args.thumbnail_cache_mb * 2**20)
     models = {served.model for served in catalog.indexes.values()}
     if args.model is None and len(models) > 1:

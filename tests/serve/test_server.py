@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from altclip.cli import main
-from altclip.serve.server import check_bind, is_loopback
+from altclip.serve.server import check_bind, is_loopback, limit_malloc_arenas
 
 
 @pytest.mark.parametrize(
@@ -105,3 +105,9 @@ def test_altclip_serve_end_to_end(photo_index, mixed_index):
     assert server.returncode == 0, output
     assert f"http://127.0.0.1:{port}/ (token required on /api)" in output
     assert "photos" in output and "mixed" in output
+
+
+def test_malloc_arenas_are_capped_on_glibc():
+    import platform
+
+    assert limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc" and sys.platform.startswith("linux"))

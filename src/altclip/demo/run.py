@@ -228,3 +228,4 @@ def print_summary(result: dict[str, Any]) -> None:
     print(f"try:  altclip classify {example} --model {model} --labels 猫 狗 太阳 爱心 --lang zh")
     print(f"      altclip embed {data.folder / 'images'} --out {model.parent.parent / 'emoji-index'} --model {model}")
     print(f'      altclip search {model.parent.parent / "emoji-index"} --text "笑脸" --model {model}')
+    print(f"      altclip serve {model.parent.parent / 'emoji-index'}    # then open http://127.0.0.1:8000")
