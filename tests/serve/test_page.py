@@ -18,9 +18,10 @@ from altclip.serve import ServeConfig, create_app
 from tests.serve.conftest import running
 
 CHROMIUM = os.environ.get("ALTCLIP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-ALL_THUMBNAILS_LOADED = (
+ALL_THUMBNAILS_LOADED = (  # of the search just made: the grid is busy from the request until it is redrawn
     "() => { const images = [...document.querySelectorAll('#results img')];"
-    " return images.length > 0 && images.every((i) => i.complete && i.naturalWidth > 0); }"
+    " return !document.querySelector('#results').hasAttribute('aria-busy')"
+    " && images.length > 0 && images.every((i) => i.src && i.complete && i.naturalWidth > 0); }"
 )
 
 

@@ -25,14 +25,21 @@ async function api(path, options = {}) {
   return body;
 }
 
-// An <img> source for a URL of this server: the URL itself, or a blob fetched with the token.
-async function imageSource(url) {
-  if (!state.token) return url;
-  const response = await fetch(url, { headers: authorized() });
-  if (!response.ok) throw new Error(`could not load ${url}: ${response.status}`);
-  const objectUrl = URL.createObjectURL(await response.blob());
-  state.objectUrls.push(objectUrl);
-  return objectUrl;
+// Show an image of this server in an <img>: by its URL, or, with a token, as a blob fetched with the header.
+async function showImage(img, url) {
+  if (!state.token) {
+    img.src = url;
+    return;
+  }
+  try {
+    const response = await fetch(url, { headers: authorized() });
+    if (!response.ok) throw new Error(`could not load ${url}: ${response.status}`);
+    const objectUrl = URL.createObjectURL(await response.blob());
+    state.objectUrls.push(objectUrl);
+    img.src = objectUrl;
+  } catch (err) {
+    showError(err.message);
+  }
 }
 
 function showError(message) {
@@ -111,7 +118,7 @@ function render(data, label, ms) {
     const img = document.createElement("img");
     img.alt = basename(result.path);
     img.loading = "lazy";
-    imageSource(result.thumbnail).then((src) => { img.src = src; }, (err) => showError(err.message));
+    showImage(img, result.thumbnail);
     const meta = document.createElement("span");
     meta.className = "meta";
     const name = document.createElement("span");
@@ -146,11 +153,7 @@ async function openViewer(result, index) {
     searchLike(result, index);
   };
   viewer.showModal();
-  try {
-    $("viewer-image").src = await imageSource(`api/image/${encodeURIComponent(index)}/${result.id}`);
-  } catch (err) {
-    showError(err.message);
-  }
+  await showImage($("viewer-image"), `api/image/${encodeURIComponent(index)}/${result.id}`);
 }
 
 // -- zero-shot classification ----------------------------------------------------------------------
