@@ -246,13 +246,13 @@ class CLIPImageProcessor:
         Every failure, a decoder's own bug included, is an ``ImageLoadError`` whose ``kind`` says why, so
         batch jobs skip and count the file and go on. ``draft_min_side``: see ``load_image``.
         """
+        where = name if isinstance(path, bytes) else str(path)
         try:
             image = load_image(path, draft_min_side, name)
-            return self.preprocess_one(image, name if isinstance(path, bytes) else str(path)), *image.size
+            return self.preprocess_one(image, where), *image.size
         except ImageLoadError:
             raise
         except Exception as err:  # a decoder bug must not end a long job
-            where = name if isinstance(path, bytes) else path
             raise ImageLoadError(where, "unreadable", f"{type(err).__name__}: {err}") from err
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt") -> dict[str, Any]:

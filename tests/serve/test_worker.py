@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
@@ -18,17 +20,23 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+@asynccontextmanager
+async def started(worker: ModelWorker) -> AsyncIterator[ModelWorker]:
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
 def test_concurrent_texts_are_batched_and_each_gets_its_own_vector(embedder):
     batches: list[int] = []
 
     async def main():
         worker = ModelWorker(embedder, max_batch=32, window=0.05)
         worker.on_batch = batches.append
-        await worker.start()
-        try:
+        async with started(worker):
             return await asyncio.gather(*(worker.embed_text(t) for t in TEXTS))
-        finally:
-            await worker.stop()
 
     got = np.stack(run(main()))
     expected = np.stack([embedder.embed_texts([t]).float().numpy()[0] for t in TEXTS])  # one at a time
@@ -43,11 +51,8 @@ def test_batches_never_exceed_max_batch(embedder):
     async def main():
         worker = ModelWorker(embedder, max_batch=3, window=0.05)
         worker.on_batch = batches.append
-        await worker.start()
-        try:
+        async with started(worker):
             return await asyncio.gather(*(worker.embed_text(f"text {i}") for i in range(10)))
-        finally:
-            await worker.stop()
 
     assert len(run(main())) == 10
     assert max(batches) <= 3 and sum(batches) == 10
@@ -58,8 +63,7 @@ def test_a_full_queue_refuses_and_never_grows(embedder):
 
     async def main():
         worker = ModelWorker(embedder, max_batch=4, window=0.0, max_queue=3)
-        await worker.start()
-        try:
+        async with started(worker):
             blocked = asyncio.ensure_future(worker.call(release.wait))  # holds the model thread
             waiting = [asyncio.ensure_future(worker.embed_text(f"q{i}")) for i in range(2)]
             await asyncio.sleep(0.05)
@@ -71,8 +75,6 @@ def test_a_full_queue_refuses_and_never_grows(embedder):
             await asyncio.gather(blocked, *waiting)
             assert worker.waiting == 0
             return await worker.embed_text("room again")
-        finally:
-            await worker.stop()
 
     assert run(main()).shape == (16,)
 
@@ -83,12 +85,9 @@ def test_a_failing_call_fails_only_its_own_request(embedder):
 
     async def main():
         worker = ModelWorker(embedder)
-        await worker.start()
-        try:
+        async with started(worker):
             results = await asyncio.gather(worker.call(broken), worker.embed_text("fine"), return_exceptions=True)
             return results, await worker.embed_text("still fine")
-        finally:
-            await worker.stop()
 
     (failed, fine), after = run(main())
     assert isinstance(failed, RuntimeError) and fine.shape == after.shape == (16,)
@@ -100,8 +99,7 @@ def test_departed_clients_cost_no_forward_pass(embedder):
     async def main():
         worker = ModelWorker(embedder, window=0.0)
         worker.on_batch = batches.append
-        await worker.start()
-        try:
+        async with started(worker):
             blocked = asyncio.ensure_future(worker.call(release.wait))
             gone = asyncio.ensure_future(worker.embed_text("nobody waits for this"))
             await asyncio.sleep(0.05)
@@ -110,8 +108,6 @@ def test_departed_clients_cost_no_forward_pass(embedder):
             release.set()
             await blocked
             await worker.embed_text("someone waits for this")
-        finally:
-            await worker.stop()
 
     run(main())
     assert batches == [1]

@@ -48,6 +48,7 @@ from altclip.serve.worker import Busy, ModelWorker
 from altclip.tasks.index import Hit
 
 STATIC = Path(__file__).parent / "static"
+CACHED = {"Cache-Control": "private, max-age=3600"}  # images of a collection change rarely
 log = logging.getLogger("altclip.serve")
 
 
@@ -190,8 +191,21 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
         "or by image, embed, and classify zero-shot.",
         lifespan=lifespan,
     )
-    app.state.worker, app.state.catalog, app.state.metrics = worker, catalog, metrics
+    app.state.worker = worker
+    page_html = (STATIC / "index.html").read_text(encoding="utf-8")
+    # the token itself is checked by RequireToken; this dependency only shows it in the OpenAPI page. The routes
+    # are the app's own, not an included router's, so that RecordMetrics sees each route's path template.
     security = [Security(HTTPBearer(auto_error=False))] if config.token else []
+
+    def get(path: str, **options: Any):
+        """A GET route under /api."""
+        return app.get(f"/api{path}", dependencies=security, **options)
+
+    def post(path: str, response: type[BaseModel], content: dict[str, Any]):
+        """A POST route under /api: its response schema, its error schemas and its request body's schema."""
+        return app.post(
+            f"/api{path}", dependencies=security, response_model=response, responses=ERRORS, openapi_extra=body(content)
+        )
 
     # -- errors ---------------------------------------------------------------------------------------
 
@@ -241,6 +255,10 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
             return False
         raise HTTPException(415, f"send application/json or multipart/form-data, not {kind or 'no Content-Type'}")
 
+    def embed_image(image: np.ndarray) -> torch.Tensor:
+        """(3, H, W) pixels -> (1, dim) unit vector; runs on the model thread."""
+        return embedder.embed_pixels(torch.from_numpy(image[None]))
+
     async def pixels(upload: Any, field: str) -> np.ndarray:
         """An uploaded image -> (3, H, W) float32, decoded off the event loop; 400 naming what is wrong."""
         if not isinstance(upload, UploadFile):
@@ -263,7 +281,7 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -273,29 +291,22 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/indexes", dependencies=security)
+    @get("/indexes")
     async def indexes() -> list[dict[str, Any]]:
         return catalog.info()
 
-    @app.get("/api/languages", dependencies=security)
+    @get("/languages")
     async def languages() -> list[str]:
         return sorted(TEMPLATES)
 
-    @app.post(
-        "/api/search",
-        dependencies=security,
-        response_model=SearchResponse,
-        responses=ERRORS,
-        openapi_extra=body(SEARCH_BODY),
-    )
+    @post("/search", SearchResponse, SEARCH_BODY)
     async def search(request: Request) -> dict[str, Any]:
         query, image = await search_query(request)
         served = catalog.get(query.index)
         if not 1 <= query.k <= config.max_k:
             raise ValueError(f"k must be between 1 and {config.max_k}, got {query.k}")
         if image is not None:
-            embedded = await worker.call(lambda: embedder.embed_pixels(torch.from_numpy(image[None])))
-            vector = embedded[0].float().cpu().numpy()
+            vector = (await worker.call(lambda: embed_image(image)))[0].float().cpu().numpy()
         elif (query.text is None) == (query.id is None):
             raise ValueError("give either text or id (or upload an image as multipart)")
         elif query.id is not None:
@@ -317,13 +328,7 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
             "dropped": dropped,
         }
 
-    @app.post(
-        "/api/embed",
-        dependencies=security,
-        response_model=EmbedResponse,
-        responses=ERRORS,
-        openapi_extra=body(EMBED_BODY),
-    )
+    @post("/embed", EmbedResponse, EMBED_BODY)
     async def embed(request: Request) -> dict[str, Any]:
         if not is_multipart(request):
             texts = EmbedRequest.model_validate(await read_json(request)).texts
@@ -341,13 +346,7 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
             vectors = await worker.call(lambda: embedder.embed_pixels(torch.from_numpy(batch)))
         return {"embeddings": vectors.float().cpu().tolist()}
 
-    @app.post(
-        "/api/classify",
-        dependencies=security,
-        response_model=ClassifyResponse,
-        responses=ERRORS,
-        openapi_extra=body(CLASSIFY_BODY),
-    )
+    @post("/classify", ClassifyResponse, CLASSIFY_BODY)
     async def classify(request: Request) -> dict[str, Any]:
         if not is_multipart(request):
             raise HTTPException(415, "send multipart/form-data with an image file, labels and lang")
@@ -357,16 +356,14 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
 
         def run() -> torch.Tensor:
             classes = embedder.zero_shot_classes(labels, lang=lang)
-            return embedder.probabilities(embedder.embed_pixels(torch.from_numpy(image[None])), classes)[0]
+            return embedder.probabilities(embed_image(image), classes)[0]
 
         probabilities = (await worker.call(run)).tolist()
         ranked = sorted(zip(labels, probabilities, strict=True), key=lambda pair: -pair[1])
         return {"predictions": [{"label": label, "probability": p} for label, p in ranked]}
 
-    @app.get(
-        "/api/thumbnail/{index}/{id}",
-        name="thumbnail",
-        dependencies=security,
+    @get(
+        "/thumbnail/{index}/{id}",
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}}, 404: ERRORS[404]},
     )
@@ -375,14 +372,14 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
             data = catalog.thumbnail(index, id)
         except ImageLoadError as err:
             raise NotFound(f"the image is no longer readable: {err}") from err
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        return Response(data, media_type="image/jpeg", headers=CACHED)
 
-    @app.get("/api/image/{index}/{id}", dependencies=security, response_class=FileResponse, responses=ERRORS)
+    @get("/image/{index}/{id}", response_class=FileResponse, responses=ERRORS)
     def original(index: str, id: str) -> FileResponse:
         path = catalog.path(index, id)
         if not path.is_file():
             raise NotFound(f"the image is no longer there: {path}")
-        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+        return FileResponse(path, headers=CACHED)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -97,14 +97,14 @@ class ModelWorker:
             if job.future.done():  # its client went away while it waited
                 continue
             if isinstance(job, CallJob):
-                await self._run(job.fn, [job.future], single=True)
+                await self._run(partial(_one, job.fn), [job.future])
                 continue
             texts, calls = [job], []
             await self._collect(texts, calls)
             batch = [t.text for t in texts]
-            await self._run(partial(self._embed, batch), [t.future for t in texts], single=False)
+            await self._run(partial(self._embed, batch), [t.future for t in texts])
             for call in calls:
-                await self._run(call.fn, [call.future], single=True)
+                await self._run(partial(_one, call.fn), [call.future])
 
     async def _collect(self, texts: list[TextJob], calls: list[CallJob]) -> None:
         """Take more waiting jobs: texts join the batch, calls run after it. When nothing else is waiting yet,
@@ -126,7 +126,8 @@ class ModelWorker:
         row = {text: i for i, text in enumerate(unique)}
         return [vectors[row[text]] for text in texts]
 
-    async def _run(self, fn: Callable[[], Any], futures: list[asyncio.Future], single: bool) -> None:
+    async def _run(self, fn: Callable[[], list[Any]], futures: list[asyncio.Future]) -> None:
+        """Run ``fn`` on the model thread; its i-th result (or its error) goes to ``futures[i]``."""
         assert self._executor is not None
         try:
             result = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -135,6 +136,10 @@ class ModelWorker:
                 if not future.done():
                     future.set_exception(err)
             return
-        for future, value in zip(futures, [result] if single else result, strict=True):
+        for future, value in zip(futures, result, strict=True):
             if not future.done():  # the client may have gone away
                 future.set_result(value)
+
+
+def _one(fn: Callable[[], Any]) -> list[Any]:
+    return [fn()]
