@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
+import tarfile
 import warnings
 import zlib
 from pathlib import Path
@@ -438,3 +440,54 @@ def parallel_tsv(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("parallel") / "parallel.tsv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_shards(root: Path, shards: int, per_shard: int, broken: bool = True) -> list[Path]:
+    """WebDataset shards as img2dataset writes them: KEY.jpg or KEY.png, KEY.txt (the caption), KEY.json.
+
+    Images are the coloured shapes, captioned in English or Chinese. With ``broken``, shard 0 also holds a
+    captioned truncated PNG, a text file named .jpg and a sample with a caption but no image, and shard 1 a sample with
+    an image but no caption.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    kinds = [(c, s) for c in COLOURS for s in SHAPES]
+    paths = []
+    for shard in range(shards):
+        path = root / f"{shard:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(per_shard):
+                key = f"{shard:05d}{i:04d}"
+                colour, shape = kinds[(shard * per_shard + i) % len(kinds)]
+                image = draw(COLOURS[colour][1], shape, size=24 + 4 * (i % 5))
+                buffer = io.BytesIO()
+                extension = "png" if i % 2 else "jpg"
+                image.save(buffer, "PNG" if extension == "png" else "JPEG")
+                caption = f"a {colour} {shape}" if i % 3 else f"{COLOURS[colour][0]}{SHAPES[shape]}"
+                meta = {
+                    "key": key,
+                    "url": f"https://example.com/{key}.{extension}",
+                    "caption": caption,
+                    "status": "success",
+                    "original_width": image.width,
+                    "exif": {"Make": "test"},
+                }
+                _add_member(tar, f"{key}.{extension}", buffer.getvalue())
+                if not (broken and shard == 1 and i == 0):
+                    _add_member(tar, f"{key}.txt", caption.encode("utf-8"))
+                _add_member(tar, f"{key}.json", json.dumps(meta).encode("utf-8"))
+            if broken and shard == 0:
+                png = io.BytesIO()
+                noise = np.random.default_rng(shard).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(noise).save(png, "PNG")
+                _add_member(tar, "cut.png", png.getvalue()[: len(png.getvalue()) // 2])
+                _add_member(tar, "cut.txt", b"a truncated picture")
+                _add_member(tar, "notes.jpg", b"a text file, not an image")
+                _add_member(tar, "orphan.txt", b"a caption without an image")
+        paths.append(path)
+    return paths

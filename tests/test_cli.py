@@ -85,7 +85,7 @@ def test_embed_index_search(capsys, tmp_path, altclip_checkpoint, image_folder):
         "--shard-size",
         "8",
     )
-    assert code == 0 and "skipped 5 files" in out and "flat_ip over 30 images" in out
+    assert code == 0 and "skipped 5:" in out and "Flat over 30 images" in out and "recall@10 1.0" in out
     code, out, _ = run(capsys, "search", str(out_dir), "--text", "一只猫", "-k", "3", "--json")
     hits = json.loads(out)
     query = Embedder.from_pretrained(model).embed_texts(["一只猫"])[0].numpy()
@@ -102,7 +102,11 @@ def test_embed_index_search(capsys, tmp_path, altclip_checkpoint, image_folder):
     assert code == 0 and hits[0]["path"] == image and "near-duplicates" in err
     assert ((vectors @ vectors.T)[np.triu_indices(len(hits), 1)] < 0.94).all()
     code, out, _ = run(capsys, "index", str(out_dir), "--exact-max", "10", "--json")
-    assert code == 0 and json.loads(out)["type"] == "hnsw_flat_ip"
+    assert code == 0 and json.loads(out)["kind"] == "hnsw"
+    code, _, err = run(capsys, "index", str(out_dir), "--kind", "ivfpq", "--memory", "1GB")
+    assert code == 1 and "IVF-PQ needs at least 624 vectors to train its codes, not 30" in err
+    code, out, _ = run(capsys, "search", str(out_dir), "--text", "一只猫", "-k", "3", "--mmap", "--json")
+    assert code == 0 and [h["path"] for h in json.loads(out)] == [collection.ok_paths()[i] for i in best]
 
 
 def test_errors_are_one_clear_line(capsys, tmp_path, altclip_checkpoint):

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
-from altclip.datafiles import read_pairs, read_parallel
+from altclip.datafiles import ParallelLines, read_pairs
 
 
 def test_parallel_tsv_skips_and_counts_bad_lines(parallel_tsv):
-    table = read_parallel(parallel_tsv)
-    assert len(table) == 900 and table.rows[0]["lang"] == "zh"
-    assert dict(table.skipped) == {"malformed line": 2, "empty text": 1}
+    lines = ParallelLines(parallel_tsv)
+    assert len(lines) == 900 and lines[0]["lang"] == "zh"
+    assert dict(lines.skipped) == {"malformed line": 2, "empty text": 1}
+    # read by offset, row for row what the file says, header and bad lines left out
+    expected = [line.split("\t") for line in parallel_tsv.read_text(encoding="utf-8").splitlines()[1:]]
+    expected = [dict(zip(("src", "tgt", "lang"), cells, strict=True)) for cells in expected if len(cells) == 3]
+    expected = [row for row in expected if row["src"] and row["tgt"]]
+    assert [lines[i] for i in range(len(lines))] == expected
+    copy = pickle.loads(pickle.dumps(lines))  # what a loader worker gets: offsets, not rows
+    assert copy[899] == lines[899] and len(pickle.dumps(lines)) < 16 * len(lines) + 2000
 
 
 def test_parallel_jsonl(tmp_path):
@@ -28,9 +36,12 @@ def test_parallel_jsonl(tmp_path):
             ]
         )
     )
-    table = read_parallel(path)
-    assert [r["tgt"] for r in table.rows] == ["猫", "狗"] and table.rows[1]["lang"] == ""
-    assert dict(table.skipped) == {"malformed line": 2, "missing field": 1}
+    lines = ParallelLines(path)
+    assert [lines[i]["tgt"] for i in range(len(lines))] == ["猫", "狗"] and lines[1]["lang"] == ""
+    assert dict(lines.skipped) == {"malformed line": 2, "missing field": 1}
+    path.write_text("[1]\n\n")
+    with pytest.raises(ValueError, match=r"no usable rows \(skipped: \{'malformed line': 1\}\)"):
+        ParallelLines(path)
 
 
 def test_pairs_jsonl_and_csv(tmp_path, pairs_jsonl):

@@ -259,12 +259,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
-def parse_size(size: int | str) -> int:
+def parse_size(size: int | str, what: str = "max_shard_size") -> int:
     if isinstance(size, int):
         return size
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, flags=re.IGNORECASE)
     if not match:
-        raise ValueError(f"max_shard_size {size!r} is not a size such as '5GB' or 2000000000")
+        raise ValueError(f"{what} {size!r} is not a size such as '5GB' or 2000000000")
     unit = (match.group(2) or "B").upper()
     scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
     return int(float(match.group(1)) * scale)

@@ -18,7 +18,9 @@ examples:
   altclip classify cat.jpg --labels 猫 狗 鸟 --lang zh
   altclip similarity --image cat.jpg --text "a photo of a cat" "一张狗的照片"
   altclip embed ~/photos --out ~/photos.emb --workers 4
-  altclip index ~/photos.emb --exact-max 100000
+  altclip embed 'shards/{00000..00127}.tar' --out shards.emb --captions
+  torchrun --nproc_per_node 4 -m altclip.cli embed 'shards/{00000..00127}.tar' --out shards.emb
+  altclip index ~/photos.emb --kind auto --memory 4GB
   altclip search ~/photos.emb --text "夕阳下的海滩" -k 5
   altclip search ~/photos.emb --image query.jpg --json
   altclip serve ~/photos.emb    # then open http://127.0.0.1:8000
@@ -50,12 +52,12 @@ def emit(args: argparse.Namespace, data: Any, headers: Sequence[str], rows: Sequ
 # -- commands ---------------------------------------------------------------------------------------
 
 
-def load_embedder(args: argparse.Namespace, model: str | None = None):
+def load_embedder(args: argparse.Namespace, model: str | None = None, device: Any = None):
     from altclip.tasks import DEFAULT_MODEL, Embedder
 
     return Embedder.from_pretrained(
         model or args.model or DEFAULT_MODEL,
-        device=args.device,
+        device=device or args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
         backend=args.backend,
@@ -96,12 +98,14 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from altclip import distributed
     from altclip.tasks import DEFAULT_MODEL
     from altclip.tasks.collection import embed_collection
     from altclip.tasks.index import build_index
 
     model = args.model or DEFAULT_MODEL
-    embedder = load_embedder(args, model)
+    rank, world, device = distributed.setup(args.device)  # torchrun: one process per device
+    embedder = load_embedder(args, model, device=device)
     try:
         summary = embed_collection(
             args.source,
@@ -113,38 +117,51 @@ def cmd_embed(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             progress=not args.json,
             draft=not args.exact_decode,
+            captions=args.captions,
+            rank=rank,
+            world=world,
         )
+        if rank == 0 and summary["embedded"] and not args.no_index:
+            summary["index"] = build_index(args.out, kind=args.kind, memory=args.memory, exact_max=args.exact_max)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished shards are kept in {args.out}: run the same command to resume", file=sys.stderr)
         return 130
-    if summary["embedded"] and not args.no_index:
-        summary["index"] = build_index(args.out, exact_max=args.exact_max)
-    rows = [(status, count) for status, count in summary["by_status"].items()]
+    distributed.leave()
+    if rank != 0:
+        return 0
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return 0
-    print(format_table(["status", "files"], rows))
+    print(format_table(["status", "images"], list(summary["by_status"].items())))
     if summary["failures"]:
         shown = summary["failures"][:20]
-        print(f"\nskipped {summary['skipped']} files" + (" (first 20):" if summary["skipped"] > 20 else ":"))
+        print(
+            f"\nskipped {summary['skipped']}" + (" (first 20; all in failures/):" if summary["skipped"] > 20 else ":")
+        )
         print(format_table(["status", "error"], [(f["status"], f["error"]) for f in shown]))
+    if "captions" in summary:
+        print(f"\ncaptions embedded: {summary['captions']} (text_emb/)")
     if "index" in summary:
-        print(f"\nindex: {summary['index']['type']} over {summary['index']['count']} images in {args.out}/index")
+        index = summary["index"]
+        print(
+            f"\nindex: {index['factory']} over {index['count']} images in {args.out}/index, "
+            f"recall@10 {index['recall@10']}"
+        )
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from altclip.tasks.index import build_index
 
-    info = build_index(args.folder, exact_max=args.exact_max)
-    emit(args, info, ["key", "value"], list(info.items()))
+    info = build_index(args.folder, kind=args.kind, memory=args.memory, exact_max=args.exact_max)
+    emit(args, info, ["key", "value"], [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in info.items()])
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from altclip.tasks.index import SearchIndex
 
-    index = SearchIndex(args.folder)
+    index = SearchIndex(args.folder, mmap=args.mmap)
     embedder = load_embedder(args, args.model or index.collection.manifest["model"])
     query = embedder.embed_texts([args.text]) if args.text is not None else embedder.embed_images([args.image])
     if args.dedup:
@@ -351,10 +368,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from altclip.train.phases import contrastive_phase, distillation_phase
 
     if args.phase == "distill":
-        phase = distillation_phase(args.teacher, args.student, args.data)
+        phase = distillation_phase(args.teacher, args.student, args.data, shuffle_buffer=args.shuffle_buffer)
     else:
         phase = contrastive_phase(
-            args.model, args.data, freeze_vision=not args.unfreeze_vision, local_loss=args.local_loss
+            args.model,
+            args.data,
+            freeze_vision=not args.unfreeze_vision,
+            local_loss=args.local_loss,
+            shuffle_buffer=args.shuffle_buffer,
         )
     trainer = Trainer(phase, training_config(args))
     try:
@@ -373,6 +394,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------------
+
+
+def add_index_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kind",
+        default="auto",
+        choices=["auto", "flat", "hnsw", "ivfpq"],
+        help="auto: exact up to --exact-max vectors, HNSW while it fits --memory, IVF-PQ beyond",
+    )
+    p.add_argument("--memory", default="4GB", help="memory the index may use, e.g. 4GB or 512MB (default 4GB)")
+    p.add_argument("--exact-max", type=int, default=50_000, help="largest collection given an exact index by auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,10 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "embed",
-        "embed a folder (or a list of paths) of images into float16 shards, resumably, then index it",
-        "altclip embed ~/photos --out ~/photos.emb --workers 4",
+        "embed a folder, a list of paths or WebDataset tar shards into float16 shards, resumably, then index it; "
+        "under torchrun the shards are shared out between the processes",
+        "altclip embed ~/photos --out ~/photos.emb --workers 4\n"
+        "  altclip embed 'laion/{00000..00127}.tar' --out laion.emb --captions\n"
+        "  torchrun --nproc_per_node 8 -m altclip.cli embed 'laion/{00000..00127}.tar' --out laion.emb",
     )
-    p.add_argument("source", help="a folder (walked recursively) or a text file listing image paths")
+    p.add_argument(
+        "source",
+        help="a folder (walked recursively), a text file listing image paths, a .tar shard, a brace pattern "
+        "of shards, or a text file listing shards",
+    )
     p.add_argument("--out", required=True, help="output folder; rerun the same command to resume")
     p.add_argument("--shard-size", type=int, default=10_000)
     p.add_argument("--no-index", action="store_true", help="skip building the FAISS index")
@@ -451,12 +490,19 @@ def build_parser() -> argparse.ArgumentParser:
         "at 1/2 to 1/8 scale (Pillow draft mode), never below twice the model's input: about 6x faster on "
         "12-megapixel photos, embeddings within cosine 0.99999 of the exact ones (benchmarks/folder.py)",
     )
-    p.add_argument("--exact-max", type=int, default=50_000, help="largest collection given an exact index")
+    p.add_argument(
+        "--captions", action="store_true", help="tar shards: also embed each sample's .txt caption into text_emb/"
+    )
+    add_index_options(p)
     p.set_defaults(run=cmd_embed)
 
-    p = add("index", "build the FAISS index of an embedding folder", "altclip index ~/photos.emb")
+    p = add(
+        "index",
+        "build the FAISS index of an embedding folder, chosen by its size and a memory budget",
+        "altclip index ~/photos.emb --kind auto --memory 4GB",
+    )
     p.add_argument("folder")
-    p.add_argument("--exact-max", type=int, default=50_000, help="largest collection given an exact index")
+    add_index_options(p)
     p.set_defaults(run=cmd_index)
 
     p = add(
@@ -469,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--text")
     query.add_argument("--image")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--mmap", action="store_true", help="map the index file instead of reading it (large indexes)")
     p.add_argument("--dedup", action="store_true", help="drop near-duplicates (inner product >= 0.94 to a better hit)")
     p.set_defaults(run=cmd_search)
 
@@ -598,7 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = argparse.ArgumentParser(add_help=False)
     g = training.add_argument_group("training")
-    g.add_argument("--data", required=True)
+    g.add_argument(
+        "--data",
+        required=True,
+        help="a data file, or WebDataset tar shards: one .tar, a brace pattern ('shards/{00000..00127}.tar') or "
+        "a text file listing them (tar shards need --steps)",
+    )
+    g.add_argument("--shuffle-buffer", type=int, default=2000, help="tar shards: samples in the shuffle buffer")
     g.add_argument("--out", required=True, help="run folder: checkpoints/, log.jsonl and the final model/")
     g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs over the data)")
     g.add_argument("--epochs", type=int, default=1)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import csv
 import json
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -82,11 +85,6 @@ def read_table(path: str | Path, required: tuple[str, ...], optional: tuple[str,
     return table
 
 
-def read_parallel(path: str | Path) -> Table:
-    """Parallel sentences: ``src`` (English, the teacher's side), ``tgt`` (its translation), ``lang``."""
-    return read_table(path, ("src", "tgt"))
-
-
 def read_pairs(path: str | Path) -> Table:
     """Image-text pairs: ``image`` (path), ``caption``, ``lang``."""
     table = read_table(path, ("image", "caption"))
@@ -95,3 +93,81 @@ def read_pairs(path: str | Path) -> Table:
         if not Path(row["image"]).is_absolute():
             row["image"] = str(base / row["image"])
     return table
+
+
+class ParallelLines:
+    """Parallel sentences, ``src`` (English, the teacher's side), ``tgt`` (its translation) and ``lang``, from
+    TSV or JSONL, never loaded whole.
+
+    One pass over the file keeps the byte offset of every usable line (8 bytes a line) and counts what it
+    skips; a row is read from its offset when it is asked for. It pickles
+    (offsets and path only), so data-loader workers read rows themselves.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such data file")
+        self.jsonl = self.path.suffix.lower() in (".jsonl", ".json")
+        self.skipped: Counter = Counter()
+        self.header: list[str] | None = None
+        offsets = array("q")
+        with self.path.open("rb") as handle:
+            offset = 0
+            for number, line in enumerate(handle):
+                if number == 0 and not self.jsonl:
+                    self.header = _tsv_header(line)
+                    if self.header:
+                        offset += len(line)
+                        continue
+                if line.strip():
+                    row, why = self._parse(line)
+                    if row is None:
+                        self.skipped[why] += 1
+                    else:
+                        offsets.append(offset)
+                offset += len(line)
+        self.offsets = np.frombuffer(offsets, dtype=np.int64) if offsets else np.zeros(0, np.int64)
+        if not len(self.offsets):
+            raise ValueError(f"{self.path}: no usable rows (skipped: {dict(self.skipped) or 'none'})")
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: int) -> dict[str, str]:
+        with self.path.open("rb") as handle:
+            handle.seek(int(self.offsets[index]))
+            row, _ = self._parse(handle.readline())
+        assert row is not None, f"{self.path}: line at byte {self.offsets[index]} changed since it was indexed"
+        return row
+
+    def _parse(self, line: bytes) -> tuple[dict[str, str] | None, str]:
+        """A usable row, or None and why not (the reasons ``read_table`` counts)."""
+        text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+        if self.jsonl:
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError:
+                return None, "malformed line"
+            if not isinstance(record, dict):
+                return None, "malformed line"
+        else:
+            names = self.header or list(PARALLEL_COLUMNS)
+            cells = text.split("\t")
+            if len(cells) < 2 or len(cells) > len(names):
+                return None, "malformed line"
+            record = dict(zip(names, cells, strict=False))
+        values = {k: record.get(k) for k in PARALLEL_COLUMNS}
+        if any(not isinstance(values[k], str) for k in ("src", "tgt")):
+            return None, "missing field"
+        if any(not values[k].strip() for k in ("src", "tgt")):
+            return None, "empty text"
+        return {k: (v.strip() if isinstance(v, str) else "") for k, v in values.items()}, ""
+
+
+PARALLEL_COLUMNS = ("src", "tgt", "lang")
+
+
+def _tsv_header(line: bytes) -> list[str] | None:
+    cells = [c.strip().lower() for c in line.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")]
+    return cells if cells[: len(PARALLEL_COLUMNS)] == list(PARALLEL_COLUMNS[: len(cells)]) else None

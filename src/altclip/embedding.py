@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from altclip.image import ImageInput
-from altclip.imagefiles import Record, image_batches
+from altclip.imagefiles import Record, file_tasks, image_batches
 from altclip.models import DualEncoderModel, normalize
 from altclip.onnx_model import OnnxModel
 from altclip.processor import Processor
@@ -127,7 +127,7 @@ class Embedder:
         with tqdm(
             total=len(paths), unit="img", desc="embedding images", disable=not progress, dynamic_ncols=True
         ) as bar:
-            for batch in image_batches(paths, list(range(len(paths))), processor, self.batch_size, workers, draft):
+            for batch in image_batches(file_tasks(paths, self.batch_size), processor, workers, draft):
                 vectors += self.embed_records(batch)
                 records += batch
                 bar.update(len(batch))

@@ -9,20 +9,28 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from altclip.image import CLIPImageProcessor, ImageLoadError
+from altclip.shards import TarMember
 
 DRAFT_FACTOR = 2  # draft decoding keeps at least twice the resize target: see benchmarks/folder.py
 
 
+ImageSource = str | TarMember  # a file, or a member of a tar shard
+Task = tuple[int, int, ImageSource]  # (unit, position in the unit, source): what a worker is asked to read
+
+
 @dataclass
 class Record:
-    """One file's outcome: its pixels (None unless ``status`` is "ok"), size and error."""
+    """One image's outcome: its pixels (None unless ``status`` is "ok"), size and error.
+
+    ``unit`` and ``index`` say which it was: the shard of a collection and the position in it, or 0 and the
+    position in a list of files."""
 
     index: int
     pixels: np.ndarray | None
@@ -30,28 +38,39 @@ class Record:
     height: int
     status: str
     error: str
+    unit: int = 0
 
 
 class ImageFiles(Dataset):
-    """``paths[i]`` for ``i`` in ``indices``, decoded and preprocessed, one ``Record`` per item.
+    """Decodes and preprocesses the image a ``Task`` names into a ``Record``; it is indexed by tasks, which a
+    batch sampler hands out (``image_batches``).
 
     ``draft``: decode JPEGs at a reduced scale, no smaller than ``DRAFT_FACTOR`` times the resize target.
     """
 
-    def __init__(self, paths: list[str], indices: list[int], processor: CLIPImageProcessor, draft: bool) -> None:
-        self.paths, self.indices, self.processor = paths, indices, processor
+    def __init__(self, processor: CLIPImageProcessor, draft: bool) -> None:
+        self.processor = processor
         self.draft_min_side = DRAFT_FACTOR * processor.size["shortest_edge"] if draft else None
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int) -> Record:
-        index = self.indices[item]
+    def __getitem__(self, task: Task) -> Record:  # type: ignore[override]
+        unit, index, source = task
         try:
-            pixels, width, height = self.processor.preprocess_file(self.paths[index], self.draft_min_side)
+            if isinstance(source, TarMember):
+                data = read_member(source)
+                pixels, width, height = self.processor.preprocess_file(data, self.draft_min_side, name=source.path)
+            else:
+                pixels, width, height = self.processor.preprocess_file(source, self.draft_min_side)
         except ImageLoadError as err:
-            return Record(index, None, -1, -1, err.kind, str(err))
-        return Record(index, pixels, width, height, "ok", "")
+            return Record(index, None, -1, -1, err.kind, str(err), unit)
+        return Record(index, pixels, width, height, "ok", "", unit)
+
+
+def read_member(member: TarMember) -> bytes:
+    """A member's bytes; a shard that cannot be read is the image's failure, as a missing file would be."""
+    try:
+        return member.read()
+    except OSError as err:
+        raise ImageLoadError(member.path, "unreadable", str(err)) from err
 
 
 def keep_records(records: list[Record]) -> list[Record]:
@@ -74,15 +93,27 @@ def die_with_parent(worker_id: int) -> None:
 
 
 def image_batches(
-    paths: list[str], indices: list[int], processor: CLIPImageProcessor, batch_size: int, workers: int, draft: bool
+    tasks: Iterable[list[Task]], processor: CLIPImageProcessor, workers: int, draft: bool
 ) -> Iterator[list[Record]]:
-    """Records of ``paths[i]`` for ``i`` in ``indices``, in order, in batches, from ``workers`` processes."""
+    """Records of each batch of tasks, in order, decoded in ``workers`` processes.
+
+    ``tasks`` is iterated lazily in this process, a few batches ahead of the decoding: it may find its work
+    as it goes (scan the next shard, say).
+    """
     loader = DataLoader(
-        ImageFiles(paths, indices, processor, draft),
-        batch_size=batch_size,
+        ImageFiles(processor, draft),
+        batch_sampler=tasks,  # type: ignore[arg-type]
         num_workers=workers,
         collate_fn=keep_records,
         prefetch_factor=4 if workers else None,
         worker_init_fn=die_with_parent if workers else None,
     )
     yield from loader
+
+
+def file_tasks(paths: list[str], batch_size: int) -> list[list[Task]]:
+    """Batches of tasks reading ``paths`` in order."""
+    return [
+        [(0, i, paths[i]) for i in range(start, min(start + batch_size, len(paths)))]
+        for start in range(0, len(paths), batch_size)
+    ]

@@ -32,7 +32,7 @@ def test_training_reads_images_as_embedding_does(monkeypatch, pairs_jsonl):
     pairs = ImagePairs(table, processor)
     training = {row["image"]: "ok" if pairs[i][0] is not None else pairs[i][1] for i, row in enumerate(table.rows)}
     paths = [row["image"] for row in table.rows]
-    files = ImageFiles(paths, list(range(len(paths))), processor, draft=False)
-    embedding = {paths[r.index]: r.status for r in (files[i] for i in range(len(files)))}
+    files = ImageFiles(processor, draft=False)
+    embedding = {paths[r.index]: r.status for r in (files[0, i, path] for i, path in enumerate(paths))}
     assert training == embedding
     assert set(training.values()) == {"ok", "unreadable", "not_image"}

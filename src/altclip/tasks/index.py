@@ -1,14 +1,30 @@
-"""A FAISS index over a collection's embeddings, and search in it.
+"""A FAISS index over a collection's embeddings, chosen for its size and a memory budget, and search in it.
 
-Vectors are unit length, so inner product is cosine similarity. Up to ``EXACT_MAX`` vectors the index is
-exact (``IndexFlatIP``); above it, HNSW (``IndexHNSWFlat``, 32 links per node, efSearch 128), which needs
-no training and keeps recall high at a fraction of the exact search's cost. The choice and its
-parameters are recorded in ``index/index.json`` beside ``index/faiss.index``.
+Vectors are unit length, so inner product is cosine similarity. Kinds, built with FAISS's ``index_factory``:
+
+* ``flat``: exact search (``IndexFlatIP``), 4 bytes per dimension per vector.
+* ``hnsw``: a graph (``HNSW32``, efConstruction 200): no training, recall near exact, about 5 bytes per
+  dimension per vector.
+* ``ivfpq``: an inverted file of product-quantized codes for collections that do not fit in memory:
+  ``nlist`` ≈ 4√n lists, 4-bit fast-scan codes of two dimensions each, re-ranked by 8-bit codes of the whole
+  vector where the budget allows (``Refine(SQ8)``), or shorter codes with an OPQ rotation where it does not
+  (OPQ balances the variance between sub-quantizers, which matters once each covers 8 dimensions or more).
+
+``auto`` takes ``flat`` up to ``EXACT_MAX`` vectors, ``hnsw`` up to ``HNSW_MAX`` when it fits the budget, and
+``ivfpq`` beyond. A trained index learns from a sample of the vectors; then every shard is added in turn,
+read memory-mapped, so the vectors are never all in memory. Its search parameter (HNSW's efSearch, IVF's
+nprobe) is tuned on held-out queries: the smallest value whose recall@10 against exact search reaches
+``RECALL_TARGET``. The queries are the collection's caption vectors when it has them (real cross-modal
+queries, none in the index), otherwise images left out of the training sample, each left out of its own
+results too. ``index/index.json`` records
+the kind, factory string, parameters, estimated memory and the measured recall@10.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,40 +34,244 @@ import numpy as np
 from altclip import checkpoint
 from altclip.tasks.collection import Collection
 
-EXACT_MAX = 50_000
-HNSW_LINKS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 200, 128
+KINDS = ("auto", "flat", "hnsw", "ivfpq")
+EXACT_MAX, HNSW_MAX = 50_000, 5_000_000
+DEFAULT_MEMORY = "4GB"
+HNSW_LINKS, HNSW_EF_CONSTRUCTION = 32, 200
+REFINE_K_FACTOR = 8  # candidates re-ranked per result wanted
+RECALL_TARGET, RECALL_K, QUERIES = 0.95, 10, 1000
+IVFPQ_MIN = 39 * 16  # FAISS's k-means wants 39 points per centroid, and each 4-bit code has 16
+TRAIN_PER_LIST, TRAIN_MAX = 40, 163_840  # training sample: vectors per inverted list, and at most
+ADD_BLOCK = 32_768  # vectors converted to float32 and added at a time
 INDEX_FILE, INDEX_INFO = "faiss.index", "index.json"
 
 
-def build_index(folder: str | Path, exact_max: int = EXACT_MAX) -> dict[str, Any]:
+@dataclass
+class Choice:
+    kind: str
+    factory: str
+    bytes: int  # estimated memory of the built index
+    why: str
+
+
+def ivfpq_lists(count: int) -> int:
+    """nlist: a power of two near 4√n, with at least 39 training vectors per list (FAISS's minimum)."""
+    near = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(count))))
+    return 2 ** int(math.log2(max(1, min(near, 65_536, count // 39))))
+
+
+def ivfpq_choices(count: int, dim: int) -> list[Choice]:
+    """The IVF-PQ family, most accurate first: 4-bit codes of 2 dimensions with 8-bit re-ranking, without it,
+    then OPQ with 8 and 16 dimensions per code."""
+    lists = ivfpq_lists(count)
+    centroids = lists * dim * 4
+    choices = []
+    for per_code, refine in ((2, True), (2, False), (8, False), (16, False)):
+        m = max(1, dim // per_code)
+        m += m % 2  # fast scan packs codes in pairs
+        if dim % m:
+            continue
+        rotate = f"OPQ{m}," if per_code >= 8 else ""
+        factory = f"{rotate}IVF{lists},PQ{m}x4fs" + (",Refine(SQ8)" if refine else "")
+        per_vector = m // 2 + 8 + (dim if refine else 0)  # codes, id, re-ranking codes
+        why = f"{per_code} dimensions per 4-bit code" + (", re-ranked with 8-bit codes" if refine else "")
+        choices.append(Choice("ivfpq", factory, count * per_vector + centroids, why))
+    return choices
+
+
+def choose_index(count: int, dim: int, memory: int, kind: str = "auto", exact_max: int = EXACT_MAX) -> Choice:
+    """What to build for ``count`` vectors of ``dim`` within ``memory`` bytes (see the module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"index kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "ivfpq" and count < IVFPQ_MIN:
+        raise ValueError(f"IVF-PQ needs at least {IVFPQ_MIN} vectors to train its codes, not {count}; use --kind flat")
+    flat = Choice("flat", "Flat", count * dim * 4, "exact search")
+    hnsw = Choice("hnsw", f"HNSW{HNSW_LINKS}", count * (dim * 4 + HNSW_LINKS * 2 * 4 + 16), "graph search")
+    ivfpq = ivfpq_choices(count, dim)
+    fitting = [c for c in ivfpq if c.bytes <= memory and count >= IVFPQ_MIN]
+    if kind == "flat" or (kind == "auto" and count <= exact_max and flat.bytes <= memory):
+        choice = flat
+    elif kind == "hnsw" or (kind == "auto" and count <= HNSW_MAX and hnsw.bytes <= memory):
+        choice = hnsw
+    elif fitting:
+        choice = fitting[0]
+    else:
+        raise ValueError(
+            f"{count:,} vectors of {dim} dimensions need at least {ivfpq[-1].bytes / 1e9:.2f} GB as IVF-PQ; "
+            f"--memory {memory / 1e9:.2f} GB is too small"
+        )
+    if choice.bytes > memory:
+        raise ValueError(
+            f"a {choice.kind} index of {count:,} vectors needs about {choice.bytes / 1e9:.2f} GB, more than "
+            f"--memory {memory / 1e9:.2f} GB; raise --memory or use --kind auto"
+        )
+    return choice
+
+
+def build_index(
+    folder: str | Path,
+    kind: str = "auto",
+    memory: int | str = DEFAULT_MEMORY,
+    exact_max: int = EXACT_MAX,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Index every embedded image of a collection folder; returns what was recorded in index.json."""
     import faiss
 
+    started = time.perf_counter()
+    budget = checkpoint.parse_size(memory, "--memory")
     collection = Collection.open(folder)
-    vectors = np.ascontiguousarray(collection.embeddings(), dtype=np.float32)
-    count, dim = vectors.shape[0], collection.manifest["dim"]
+    count, dim = collection.count(), collection.dim
     if count == 0:
         raise ValueError(f"{folder} holds no embedded images to index")
-    if count <= exact_max:
-        index = faiss.IndexFlatIP(dim)
-        info = {"type": "flat_ip", "exact": True}
-    else:
-        index = faiss.IndexHNSWFlat(dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        info = {
-            "type": "hnsw_flat_ip",
-            "exact": False,
-            "links": HNSW_LINKS,
-            "ef_construction": HNSW_EF_CONSTRUCTION,
-            "ef_search": HNSW_EF_SEARCH,
-        }
-    index.add(vectors)
-    info.update({"count": count, "dim": dim, "exact_max": exact_max, "metric": "inner product of unit vectors"})
+    choice = choose_index(count, dim, budget, kind, exact_max)
+    queries, query_rows, query_source = held_out_queries(collection, count, seed)
+    truth = exact_search(collection, queries, RECALL_K + 1)  # before the index takes its memory
+
+    index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    trained_on = 0
+    if not index.is_trained:
+        lists = ivfpq_lists(count)
+        sample = sample_rows(collection, count, min(TRAIN_MAX, TRAIN_PER_LIST * lists), query_rows, seed)
+        trained_on = len(sample)
+        index.train(sample)
+        del sample
+    if choice.kind == "hnsw":
+        faiss.downcast_index(index).hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    if "Refine" in choice.factory:
+        reserve_codes(faiss.downcast_index(index.refine_index), count)
+    for vectors in collection.shard_blocks(block=ADD_BLOCK):  # a block of a shard at a time
+        index.add(vectors.astype(np.float32))
+
+    params, recall = tune(index, choice, queries, truth, query_rows)
+    info = {
+        "kind": choice.kind,
+        "factory": choice.factory,
+        "why": choice.why,
+        "count": count,
+        "dim": dim,
+        "exact": choice.kind == "flat",
+        "metric": "inner product of unit vectors",
+        "params": params,
+        f"recall@{RECALL_K}": round(recall, 4),
+        "recall_queries": {"count": len(queries), "source": query_source},
+        "trained_on": trained_on,
+        "memory_budget_bytes": budget,
+        "estimated_bytes": choice.bytes,
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
     target = collection.folder / "index"
     with checkpoint.atomic_path(target / INDEX_FILE) as tmp:
         faiss.write_index(index, str(tmp))
+    info["file_bytes"] = (target / INDEX_FILE).stat().st_size
     checkpoint.atomic_write_bytes(target / INDEX_INFO, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
     return info
+
+
+def reserve_codes(codes_index: Any, count: int) -> None:
+    """Size a flat-codes index's storage once for ``count`` vectors. Grown add by add, the vector doubles, and
+    at each doubling the old and the new copy live together (0.5 GB more at the peak for 1M vectors of 768
+    8-bit codes); a resize up and back to empty keeps the capacity."""
+    codes_index.codes.resize(count * codes_index.code_size)
+    codes_index.codes.resize(0)
+
+
+def held_out_queries(collection: Collection, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(queries, their image rows (none for captions), where they came from)."""
+    rng = np.random.default_rng(seed)
+    if collection.manifest.get("captions"):
+        texts = gather(collection, np.sort(rng.permutation(count)[: 4 * QUERIES]), "text", cached=False)
+        texts = texts[np.any(texts != 0, axis=1)][:QUERIES]  # samples without a caption have zero vectors
+        if len(texts):
+            return texts, np.zeros(0, np.int64), "captions"
+    rows = np.sort(rng.choice(count, min(QUERIES, max(1, count // 10)), replace=False))
+    return gather(collection, rows, cached=False), rows, "images held out of the training sample"
+
+
+def sample_rows(collection: Collection, count: int, size: int, exclude: np.ndarray, seed: int) -> np.ndarray:
+    """``size`` vectors drawn evenly from the whole collection (float32), none of the ``exclude`` rows."""
+    allowed = np.setdiff1d(np.arange(count), exclude, assume_unique=True) if len(exclude) else np.arange(count)
+    rng = np.random.default_rng(seed + 1)
+    rows = np.sort(rng.choice(allowed, min(size, len(allowed)), replace=False))
+    return gather(collection, rows, cached=False)
+
+
+def gather(collection: Collection, rows: np.ndarray, kind: str = "img", cached: bool = True) -> np.ndarray:
+    """(len(rows), dim) float32: the given vector rows, read shard by shard from memory-mapped files
+    (``cached``: see ``Collection.shard_embeddings``)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros((len(rows), collection.dim), np.float32)
+    start = 0
+    for shard in collection.shard_embeddings(kind, cached):
+        inside = (rows >= start) & (rows < start + len(shard))
+        if inside.any():
+            out[inside] = shard[rows[inside] - start]
+        start += len(shard)
+    return out
+
+
+def exact_search(collection: Collection, queries: np.ndarray, k: int, block: int = 8192) -> np.ndarray:
+    """(queries, k) row ids of the exact top k by inner product, streamed over the shards in blocks."""
+    best_scores = np.zeros((len(queries), 0), np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    start = 0
+    for vectors in collection.shard_blocks(block=block):
+        chunk = vectors.astype(np.float32)
+        scores = np.concatenate([best_scores, queries @ chunk.T], axis=1)  # (queries, kept + block)
+        kept = best_ids.shape[1]
+        keep = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]  # positions in scores
+        earlier = np.take_along_axis(best_ids, np.minimum(keep, kept - 1), 1) if kept else 0
+        best_ids = np.where(keep < kept, earlier, start + keep - kept)
+        best_scores = np.take_along_axis(scores, keep, 1)
+        start += len(chunk)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return np.take_along_axis(best_ids, order, 1)
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, rows: np.ndarray, k: int) -> float:
+    """Mean share of the true top k found among the returned k (FAISS's "k-recall@k"). A query that is itself
+    a stored vector (``rows``) is left out of its own results and truth: finding itself proves nothing."""
+    shares = []
+    for i, (f, t) in enumerate(zip(found, truth, strict=True)):
+        self_row = rows[i] if len(rows) else -1
+        f, t = [x for x in f if x >= 0 and x != self_row][:k], [x for x in t if x != self_row][:k]
+        shares.append(len(set(f) & set(t)) / len(t))
+    return float(np.mean(shares))
+
+
+def tune(
+    index: Any, choice: Choice, queries: np.ndarray, truth: np.ndarray, rows: np.ndarray
+) -> tuple[dict[str, int], float]:
+    """The cheapest search parameter reaching ``RECALL_TARGET`` (or the most accurate tried) and its recall."""
+    k = min(RECALL_K, index.ntotal - (1 if len(rows) else 0))
+    fetch = min(index.ntotal, k + 1)
+    if choice.kind == "flat":
+        return {}, recall_at(index.search(queries, fetch)[1], truth, rows, k)
+    if choice.kind == "hnsw":
+        name, values = "efSearch", [16, 32, 64, 128, 256, 512]
+    else:
+        name, values = "nprobe", [2**i for i in range(17) if 2**i <= ivfpq_lists(index.ntotal)]
+    params, recall = {}, 0.0
+    for value in values:
+        params = {name: value}
+        if "Refine" in choice.factory:
+            params["k_factor"] = REFINE_K_FACTOR
+        apply_params(index, params)
+        recall = recall_at(index.search(queries, fetch)[1], truth, rows, k)
+        if recall >= RECALL_TARGET:
+            break
+    return params, recall
+
+
+def apply_params(index: Any, params: dict[str, int]) -> None:
+    """Set search parameters through whatever wraps the index (OPQ rotation, re-ranking)."""
+    import faiss
+
+    for name, value in params.items():
+        if name == "k_factor":
+            faiss.downcast_index(index).k_factor = value
+        else:
+            faiss.ParameterSpace().set_index_parameter(index, name, value)
 
 
 DEDUP_THRESHOLD = 0.94  # clip-retrieval's rule: results at least this close to a better one are near-duplicates
@@ -66,19 +286,23 @@ class Hit:
 
 
 class SearchIndex:
-    """A collection folder's index and the paths its ids stand for."""
+    """A collection folder's index and the paths its ids stand for.
 
-    def __init__(self, folder: str | Path) -> None:
+    ``mmap``: map the index file instead of reading it into memory; for indexes larger than the memory
+    at hand (the operating system keeps the parts searched often in its page cache).
+    """
+
+    def __init__(self, folder: str | Path, mmap: bool = False) -> None:
         import faiss
 
         self.collection = Collection.open(folder)
         path = self.collection.folder / "index" / INDEX_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{folder} has no index yet; run `altclip index {folder}`")
-        self.index = faiss.read_index(str(path))
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        self.index = faiss.read_index(str(path), flags)
         self.info = json.loads((path.parent / INDEX_INFO).read_text(encoding="utf-8"))
-        if self.info["type"].startswith("hnsw"):
-            self.index.hnsw.efSearch = self.info["ef_search"]
+        apply_params(self.index, self.info.get("params", {}))
         self.paths = self.collection.ok_paths()
         if len(self.paths) != self.index.ntotal:
             raise ValueError(
@@ -132,7 +356,6 @@ class SearchIndex:
         return hits, dropped
 
     def vectors(self, ids: list[int]) -> np.ndarray:
-        """(len(ids), dim) float32: the stored vectors of these rows."""
-        if not ids:
-            return np.zeros((0, self.index.d), np.float32)
-        return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+        """(len(ids), dim) float32: the stored vectors of these rows (from the collection, exact whatever
+        the index kind)."""
+        return gather(self.collection, np.asarray(ids, dtype=np.int64))

@@ -6,7 +6,9 @@ counted when their batch is built (``altclip.train.phases``); nothing bad in the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,8 @@ from torch.utils.data import Dataset
 
 from altclip.datafiles import Table
 from altclip.image import CLIPImageProcessor, ImageLoadError
+from altclip.imagefiles import read_member
+from altclip.shards import ShardSample, TarMember, scan_shard
 from altclip.tokenization import Tokenizer
 
 
@@ -101,3 +105,127 @@ class PairCollate:
             if good
             else torch.zeros(0, *self.image_shape),
         }
+
+
+# -- tar shards -------------------------------------------------------------------------------------
+
+SHUFFLE_BUFFER = 2000
+POSITIONS_KEPT = 256  # stream positions remembered for batches handed out but not yet consumed
+
+
+def pair_task(sample: ShardSample) -> tuple[list[Any] | None, str]:
+    """An image-text sample as a task the loader's workers can read: ([shard, member, offset, size, caption],
+    ""), or (None, why it is unusable)."""
+    if sample.image is None:
+        return None, "no image"
+    if not sample.caption:
+        return None, "no caption"
+    image = sample.image
+    return [image.shard, image.name, image.offset, image.size, sample.caption], ""
+
+
+def parallel_task(sample: ShardSample) -> tuple[list[Any] | None, str]:
+    """A parallel-text sample (``KEY.src.txt``, ``KEY.tgt.txt``, the language in ``KEY.json``) as a row."""
+    src, tgt = sample.texts.get("src.txt", ""), sample.texts.get("tgt.txt", "")
+    if not src or not tgt:
+        return None, "no src.txt and tgt.txt"
+    return [src, tgt, str(sample.meta.get("lang", ""))], ""
+
+
+@dataclass
+class ShardStream:
+    """Tasks from tar shards in a seeded order that resumes exactly, the way WebDataset streams them.
+
+    Each epoch the shards are shuffled (seed, epoch) and dealt out to the processes, ``rank::world``. A process
+    reads its shards in turn, one scan each (``altclip.shards``), into a shuffle buffer, and draws from the
+    buffer at random. Its position, after each batch handed out, is the shard it is in, the offset in it, the
+    buffer and the generator's state: a checkpoint saves it, and the stream restarts there.
+    """
+
+    shards: list[str]
+    make_task: Callable[[ShardSample], tuple[list[Any] | None, str]]
+    buffer_size: int = SHUFFLE_BUFFER
+    skipped: Counter = field(default_factory=Counter)
+    positions: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def batches(
+        self, batch: int, world: int, rank: int, seed: int, epoch: int, start: dict[str, Any] | None = None
+    ) -> Iterator[list[list[Any]]]:
+        """This process's batches of one epoch, from ``start`` (a saved position) or from the epoch's start."""
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.shards))
+        mine = [self.shards[i] for i in order[rank::world]]
+        if start is None:
+            start = {"micro": 0, "shard": 0, "offset": 0, "buffer": [], "rng": None}
+        rng = np.random.default_rng([seed, epoch, rank])
+        if start["rng"] is not None:
+            rng.bit_generator.state = start["rng"]
+        micro, shard, offset, buffer = start["micro"], start["shard"], start["offset"], list(start["buffer"])
+        samples = self._scan(mine[shard]) if shard < len(mine) else []
+        self.positions.clear()
+        while True:
+            drawn: list[list[Any]] = []
+            while len(drawn) < batch:
+                while len(buffer) < self.buffer_size and shard < len(mine):  # fill from the shards
+                    if offset == len(samples):
+                        shard, offset = shard + 1, 0
+                        samples = self._scan(mine[shard]) if shard < len(mine) else []
+                        continue
+                    task, why = self.make_task(samples[offset])
+                    offset += 1
+                    if task is None:
+                        self.skipped[f"data: {why}"] += 1
+                    else:
+                        buffer.append(task)
+                if not buffer:
+                    return  # the last, short batch is dropped, as with the other data
+                pick = int(rng.integers(len(buffer)))
+                buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
+                drawn.append(buffer.pop())
+            micro += 1
+            self.positions[micro] = {
+                "micro": micro,
+                "shard": shard,
+                "offset": offset,
+                "buffer": list(buffer),
+                "rng": rng.bit_generator.state,
+                "shard_path": mine[shard] if shard < len(mine) else None,  # for people reading the checkpoint
+            }
+            self.positions.pop(micro - POSITIONS_KEPT, None)
+            yield drawn
+
+    def _scan(self, shard: str) -> list[ShardSample]:
+        try:
+            return scan_shard(shard)
+        except ValueError:  # a shard that cannot be read is skipped and counted, like a bad line
+            self.skipped["data: unreadable shard"] += 1
+            return []
+
+    def position(self, micro: int) -> dict[str, Any] | None:
+        """Where the stream stood after handing out ``micro`` batches of this epoch (None: at its start)."""
+        if micro and micro not in self.positions:
+            raise RuntimeError(f"the stream's position after batch {micro} was not kept")
+        return self.positions[micro] if micro else None
+
+
+class ShardPairs(Dataset):
+    """Image-text pairs from tar shards, indexed by ``pair_task`` tasks: (pixels, caption), or (None, why)."""
+
+    def __init__(self, processor: CLIPImageProcessor) -> None:
+        self.processor = processor
+
+    def __getitem__(self, task: list[Any]) -> tuple[np.ndarray | None, str]:  # type: ignore[override]
+        shard, name, offset, size, caption = task
+        member = TarMember(shard, name, offset, size)
+        try:
+            pixels, _, _ = self.processor.preprocess_file(read_member(member), name=member.path)
+        except ImageLoadError as err:
+            return None, err.kind
+        return pixels, caption
+
+
+class ShardParallel(Dataset):
+    """Parallel-text rows from tar shards, indexed by ``parallel_task`` tasks."""
+
+    def __getitem__(self, task: list[Any]) -> dict[str, str]:  # type: ignore[override]
+        src, tgt, lang = task
+        return {"src": src, "tgt": tgt, "lang": lang}

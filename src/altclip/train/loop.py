@@ -40,12 +40,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from altclip import checkpoint
+from altclip import checkpoint, distributed
 from altclip.imagefiles import die_with_parent
 from altclip.models import PreTrainedModel
 from altclip.processor import Processor
-from altclip.runtime import resolve_device
-from altclip.train.data import micro_batch_indices
+from altclip.train.data import ShardStream, micro_batch_indices
 from altclip.train.objectives import Objective, trainable_parameters
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -99,6 +98,11 @@ class Phase:
     dataset: Dataset
     collate: Callable[[list[Any]], dict[str, Any]]
     skipped: Counter = field(default_factory=Counter)
+    stream: ShardStream | None = None  # data from tar shards: it orders the dataset's tasks
+
+    def __post_init__(self) -> None:
+        if self.stream is not None:
+            self.stream.skipped = self.skipped  # what the shards skip is counted with the rest
 
     def export(self, folder: Path) -> None:
         """The final Hugging Face folder: config, weights, processor files."""
@@ -119,20 +123,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def distributed_setup(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group when started by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, resolve_device(device_name)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(local)
-    return rank, world, torch.device("cuda", local) if cuda else torch.device("cpu")
 
 
 def process_seed(seed: int, rank: int) -> int:
@@ -168,7 +158,7 @@ class Trainer:
     def __init__(self, phase: Phase, config: TrainConfig) -> None:
         self.phase, self.config = phase, config
         self._owns_process_group = not (dist.is_available() and dist.is_initialized())
-        self.rank, self.world, self.device = distributed_setup(config.device)
+        self.rank, self.world, self.device = distributed.setup(config.device)
         if self.rank != 0:  # what the data files skipped is counted by process 0 alone
             phase.skipped.clear()
         torch.manual_seed(process_seed(config.seed, self.rank))
@@ -190,7 +180,9 @@ class Trainer:
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
-        self.steps_per_epoch = len(self._epoch_batches(0)) // config.accumulate
+        if phase.stream is not None and config.steps is None:
+            raise ValueError("training from tar shards needs --steps: an epoch's length is not known before reading")
+        self.steps_per_epoch = len(self._epoch_batches(0)) // config.accumulate if phase.stream is None else 1
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"{len(phase.dataset)} examples make no step of {config.batch_size * self.world * config.accumulate}"
@@ -201,6 +193,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
         self.progress = Progress()
+        self._stream_start: dict[str, Any] | None = None  # where a resumed stream picks up
         self._saved_step = -1
         if config.resume:
             self._resume()
@@ -213,7 +206,12 @@ class Trainer:
         return batches[: len(batches) // c.accumulate * c.accumulate]
 
     def _loader(self) -> DataLoader:
-        batches = self._epoch_batches(self.progress.epoch)[self.progress.micro :]
+        c, stream = self.config, self.phase.stream
+        if stream is not None:
+            start, self._stream_start = self._stream_start, None
+            batches: Any = stream.batches(c.batch_size, self.world, self.rank, c.seed, self.progress.epoch, start)
+        else:
+            batches = self._epoch_batches(self.progress.epoch)[self.progress.micro :]
         # its own generator: worker seeds must not draw from the global RNG, which dropout replays on resume
         generator = torch.Generator().manual_seed(self.config.seed + self.progress.epoch)
         workers = self.config.workers
@@ -235,14 +233,24 @@ class Trainer:
         while True:
             from_start, usable = self.progress.micro == 0, 0
             for batch in self._loader():
+                if self.phase.stream is not None:  # shards end at different points: the first to end ends the epoch
+                    size, ended = self._sum_across_processes(batch["size"], 0)
+                    if ended:
+                        break
+                else:
+                    size = self._sum_across_processes(batch["size"])[0]
                 self.progress.micro += 1
                 self.phase.skipped.update(batch.pop("skipped", []))
-                if self._sum_across_processes(batch.pop("size"))[0] == 0:
+                batch.pop("size")
+                if size == 0:
                     if self.rank == 0:  # every process skips it: count it once
                         self.phase.skipped[NO_ROWS] += 1
                     continue
                 usable += 1
                 yield batch
+            else:
+                if self.phase.stream is not None:
+                    self._sum_across_processes(0, 1)  # tell the others this process has ended its epoch
             if from_start and usable == 0:
                 raise ValueError(
                     f"epoch {self.progress.epoch} gave no usable batch (skipped so far: "
@@ -263,6 +271,9 @@ class Trainer:
             tmp.mkdir(parents=True)
         self._barrier()
         torch.save(_rng_state(), tmp / f"rng-{self.rank:05d}.pt")  # each process its own dropout stream
+        if self.phase.stream is not None:  # and its own place in its shards: shard, offset, shuffle buffer
+            position = self.phase.stream.position(self.progress.micro)
+            (tmp / f"stream-{self.rank:05d}.json").write_text(json.dumps(position) + "\n")
         self._barrier()
         if self.rank == 0:
             checkpoint.save_weights(self.phase.model.state_dict(), tmp)
@@ -316,6 +327,8 @@ class Trainer:
         rng = latest / f"rng-{self.rank:05d}.pt"
         _set_rng_state(torch.load(rng, weights_only=True) if rng.exists() else state["rng"])  # older: rank 0's only
         self.progress = Progress(info["step"], info["epoch"], info["micro"])
+        if self.phase.stream is not None:
+            self._stream_start = json.loads((latest / f"stream-{self.rank:05d}.json").read_text())
         self._saved_step = self.progress.step
         if self.rank == 0:  # the counts of every process so far; the others count from here on
             self.phase.skipped.update(info["skipped"])

@@ -9,43 +9,70 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from altclip.datafiles import read_pairs, read_parallel
+from altclip.datafiles import ParallelLines, read_pairs
 from altclip.models import AltCLIPModel, CLIPModel
 from altclip.processor import AltCLIPProcessor
 from altclip.runtime import load_pretrained, text_token_limit
+from altclip.shards import expand_shards, is_shard_spec
 from altclip.tokenization import CLIPTokenizer
-from altclip.train.data import ImagePairs, PairCollate, ParallelCollate
+from altclip.train.data import (
+    SHUFFLE_BUFFER,
+    ImagePairs,
+    PairCollate,
+    ParallelCollate,
+    ShardPairs,
+    ShardParallel,
+    ShardStream,
+    pair_task,
+    parallel_task,
+)
 from altclip.train.loop import Phase
 from altclip.train.objectives import Contrastive, Distillation
 
 
-def distillation_phase(teacher: str | Path, student: str | Path, data: str | Path) -> Phase:
-    """Phase 1 on parallel text: the teacher is a CLIP checkpoint, the student an AltCLIP one."""
+def distillation_phase(
+    teacher: str | Path, student: str | Path, data: str | Path, shuffle_buffer: int = SHUFFLE_BUFFER
+) -> Phase:
+    """Phase 1 on parallel text: the teacher is a CLIP checkpoint, the student an AltCLIP one.
+
+    ``data``: a TSV or JSONL file, read by line offset and never whole (``ParallelLines``), or tar shards
+    whose samples hold ``KEY.src.txt`` and ``KEY.tgt.txt`` (and the language in ``KEY.json``), streamed.
+    """
     teacher_model = CLIPModel.from_pretrained(teacher)
     teacher_tokenizer = CLIPTokenizer.from_pretrained(teacher)
     student_model = AltCLIPModel.from_pretrained(student)
     processor = AltCLIPProcessor.from_pretrained(student)
-    table = read_parallel(data)
     collate = ParallelCollate(
         teacher_tokenizer,
         text_token_limit(teacher_model.config.text_config, teacher_tokenizer),
         processor.tokenizer,
         text_token_limit(student_model.config.text_config, processor.tokenizer),
     )
-    skipped = Counter({f"data: {k}": v for k, v in table.skipped.items()})
-    return Phase(Distillation(teacher_model, student_model), student_model, processor, table.rows, collate, skipped)
+    objective = Distillation(teacher_model, student_model)
+    if is_shard_spec(data):
+        stream = ShardStream(expand_shards(data), parallel_task, shuffle_buffer)
+        return Phase(objective, student_model, processor, ShardParallel(), collate, stream=stream)
+    lines = ParallelLines(data)
+    skipped = Counter({f"data: {k}": v for k, v in lines.skipped.items()})
+    return Phase(objective, student_model, processor, lines, collate, skipped)  # type: ignore[arg-type]
 
 
 def contrastive_phase(
-    model_path: str | Path, data: str | Path, freeze_vision: bool = True, local_loss: bool = False
+    model_path: str | Path,
+    data: str | Path,
+    freeze_vision: bool = True,
+    local_loss: bool = False,
+    shuffle_buffer: int = SHUFFLE_BUFFER,
 ) -> Phase:
     """Phase 2 on image-text pairs (also how a CLIP teacher itself is trained, with the vision tower free).
+
+    ``data``: a JSONL or CSV file of pairs, or WebDataset tar shards (``KEY.jpg`` + ``KEY.txt``), streamed
+    through a shuffle buffer of ``shuffle_buffer`` samples, the shards dealt out between the processes.
 
     ``local_loss``: each process scores its own rows against the gathered batch (open_clip's ``local_loss``);
     the same loss and gradients, less memory and compute per process on large global batches.
     """
     model, processor = load_pretrained(model_path, device="cpu")
-    table = read_pairs(data)
     image_processor = processor.image_processor
     crop = image_processor.crop_size
     collate = PairCollate(
@@ -53,6 +80,10 @@ def contrastive_phase(
         text_token_limit(model.config.text_config, processor.tokenizer),
         (3, crop["height"], crop["width"]),
     )
-    skipped = Counter({f"data: {k}": v for k, v in table.skipped.items()})
     objective = Contrastive(model, freeze_vision, local_loss)  # type: ignore[arg-type]
+    if is_shard_spec(data):
+        stream = ShardStream(expand_shards(data), pair_task, shuffle_buffer)
+        return Phase(objective, model, processor, ShardPairs(image_processor), collate, stream=stream)  # type: ignore[arg-type]
+    table = read_pairs(data)
+    skipped = Counter({f"data: {k}": v for k, v in table.skipped.items()})
     return Phase(objective, model, processor, ImagePairs(table, image_processor), collate, skipped)  # type: ignore[arg-type]
