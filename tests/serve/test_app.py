@@ -18,9 +18,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from altclip.serve import Catalog, ServeConfig, create_app
+from altclip.shards import scan_shard
 from altclip.tasks.index import SearchIndex
-from tests.conftest import bomb_png, draw
-from tests.serve.conftest import COPIES, jpeg
+from tests.conftest import bomb_png, draw, make_shards
+from tests.serve.conftest import COPIES, embedded, jpeg
 
 MB = 2**20
 
@@ -441,3 +442,21 @@ def test_image_queries_go_through_the_same_model_thread(embedder, catalog):
     finally:
         del embedder.embed_pixels
     assert len(seen) == 1 and next(iter(seen)).startswith("altclip-model")
+
+
+def test_a_collection_of_tar_shards_is_served_from_its_shards(tmp_path, embedder, altclip_checkpoint):
+    shards = make_shards(tmp_path / "shards", shards=2, per_shard=5)
+    out = embedded(shards[0].parent / "{00000..00001}.tar", tmp_path / "emb", altclip_checkpoint)
+    with TestClient(create_app(embedder, Catalog({"shards": out}), ServeConfig())) as client:
+        results = client.post("/api/search", json={"text": "a red circle", "k": 3}).json()["results"]
+        assert len(results) == 3 and all(".tar/" in r["path"] for r in results)
+        member = next(s.image for s in scan_shard(shards[0]) if s.key == "000000000")
+        i = next(
+            r["id"]
+            for r in client.post("/api/search", json={"text": "x", "k": 10}).json()["results"]
+            if r["path"] == member.path
+        )
+        original = client.get(f"/api/image/shards/{i}")
+        assert original.content == member.read() and original.headers["content-type"] == "image/jpeg"
+        thumbnail = client.get(f"/api/thumbnail/shards/{i}")
+        assert thumbnail.status_code == 200 and Image.open(io.BytesIO(thumbnail.content)).size == (24, 24)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -31,11 +32,11 @@ def test_duplicate_names_and_missing_folders(photo_index, tmp_path):
 def test_ids_are_rows_of_the_index_and_nothing_else(catalog):
     photos = catalog.get("photos")
     assert catalog.get(None) is photos  # the first is the default
-    assert catalog.path("photos", 0) == catalog.path("photos", "0")
-    assert str(catalog.path("photos", 0)) == photos.index.paths[0]
+    assert catalog.source("photos", 0) == catalog.source("photos", "0")
+    assert str(catalog.source("photos", 0)) == photos.index.paths[0]
     for bad in ("-1", "15", "1.0", "abc", "..", "../0", "0x1", " 1", "١", "", "99999999999999999999"):
         with pytest.raises(NotFound):
-            catalog.path("photos", bad)
+            catalog.source("photos", bad)
     with pytest.raises(NotFound, match="no index named 'nope'; these exist: photos, mixed"):
         catalog.get("nope")
 
@@ -45,12 +46,12 @@ def test_thumbnails_fit_256_and_keep_the_aspect(catalog):
     image = Image.open(io.BytesIO(data))
     assert image.format == "JPEG" and image.size == (256, 192)  # from 400 x 300
     small = Image.open(io.BytesIO(catalog.thumbnail("mixed", 0)))
-    original = Image.open(catalog.path("mixed", 0))
+    original = Image.open(catalog.source("mixed", 0))
     assert small.size == original.size  # never enlarged
 
 
 def test_thumbnail_cache_is_bounded_and_reused(photo_index):
-    one = len(make_thumbnail(Catalog({"p": photo_index}).path("p", 0)))
+    one = len(make_thumbnail(Catalog({"p": photo_index}).source("p", 0)))
     catalog = Catalog({"p": photo_index}, thumbnail_cache_bytes=int(2.5 * one))
     first = catalog.thumbnail("p", 0)
     assert catalog.thumbnail("p", 0) is first  # served from the cache
@@ -68,6 +69,6 @@ def test_a_file_gone_since_indexing(tmp_path, photo_folder, altclip_checkpoint):
     for path in sorted(photo_folder.glob("red-*.jpg")):
         (source / path.name).write_bytes(path.read_bytes())
     catalog = Catalog({"p": embedded(source, tmp_path / "out", altclip_checkpoint)})
-    catalog.path("p", 0).unlink()
+    Path(catalog.source("p", 0)).unlink()
     with pytest.raises(ImageLoadError, match="no such file"):
         catalog.thumbnail("p", 0)

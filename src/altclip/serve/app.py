@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mimetypes
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from altclip.prompts import TEMPLATES
 from altclip.serve.catalog import Catalog, NotFound
 from altclip.serve.middleware import LimitBody, Metrics, RecordMetrics, RequireToken, error
 from altclip.serve.worker import Busy, ModelWorker
+from altclip.shards import TarMember
 from altclip.tasks.index import Hit
 
 STATIC = Path(__file__).parent / "static"
@@ -310,7 +312,7 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
         elif (query.text is None) == (query.id is None):
             raise ValueError("give either text or id (or upload an image as multipart)")
         elif query.id is not None:
-            catalog.path(served.name, query.id)  # 404 unless the id is one of this index's images
+            catalog.source(served.name, query.id)  # 404 unless the id is one of this index's images
             vector = served.index.vectors([query.id])[0]
         elif not query.text.strip():  # type: ignore[union-attr]
             raise ValueError("text is empty")
@@ -375,11 +377,18 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
         return Response(data, media_type="image/jpeg", headers=CACHED)
 
     @get("/image/{index}/{id}", response_class=FileResponse, responses=ERRORS)
-    def original(index: str, id: str) -> FileResponse:
-        path = catalog.path(index, id)
-        if not path.is_file():
-            raise NotFound(f"the image is no longer there: {path}")
-        return FileResponse(path, headers=CACHED)
+    def original(index: str, id: str) -> Response:
+        source = catalog.source(index, id)
+        if isinstance(source, TarMember):  # a member of a tar shard: its bytes, typed by its name
+            try:
+                data = source.read()
+            except OSError as err:
+                raise NotFound(f"the image is no longer there: {source.path}") from err
+            kind = mimetypes.guess_type(source.name)[0] or "application/octet-stream"
+            return Response(data, media_type=kind, headers=CACHED)
+        if not Path(source).is_file():
+            raise NotFound(f"the image is no longer there: {source}")
+        return FileResponse(source, headers=CACHED)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

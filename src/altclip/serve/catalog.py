@@ -15,6 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from altclip.image import load_image, to_rgb
+from altclip.imagefiles import ImageSource, read_member
+from altclip.shards import TarMember
 from altclip.tasks.index import SearchIndex
 
 THUMBNAIL_SIDE = 256
@@ -84,23 +86,24 @@ class Catalog:
             raise NotFound(f"no index named {name!r}; these exist: {', '.join(self.indexes)}")
         return self.indexes[name]
 
-    def path(self, name: str, image_id: str | int) -> Path:
-        """The file behind an id of an index; anything but a row number of that index is ``NotFound``."""
+    def source(self, name: str, image_id: str | int) -> ImageSource:
+        """The file (or tar member) behind an id of an index; anything but a row number of that index is
+        ``NotFound``."""
         served = self.get(name)
         text = str(image_id)
         if not (text.isascii() and text.isdigit()) or int(text) >= len(served.index):
             raise NotFound(f"index {name!r} has no image {text!r}")
-        return Path(served.index.paths[int(text)])
+        return served.index.sources[int(text)]
 
     def thumbnail(self, name: str, image_id: str | int) -> bytes:
         """A JPEG of at most ``THUMBNAIL_SIDE`` pixels on its long side, cached (least recently used first out)."""
-        path = self.path(name, image_id)
+        source = self.source(name, image_id)
         key = (name, int(image_id))
         with self._lock:
             if key in self._thumbnails:
                 self._thumbnails.move_to_end(key)
                 return self._thumbnails[key]
-        data = make_thumbnail(path)
+        data = make_thumbnail(source)
         with self._lock:
             if key not in self._thumbnails and len(data) <= self.thumbnail_cache_bytes:
                 self._thumbnails[key] = data
@@ -114,10 +117,13 @@ class Catalog:
         return self._cached_bytes
 
 
-def make_thumbnail(path: str | Path, side: int = THUMBNAIL_SIDE) -> bytes:
+def make_thumbnail(source: ImageSource | Path, side: int = THUMBNAIL_SIDE) -> bytes:
     """The image upright, within ``side`` x ``side``, as JPEG bytes (transparency on white)."""
-    image = load_image(path, draft_min_side=side)
+    if isinstance(source, TarMember):
+        image, name = load_image(read_member(source), draft_min_side=side, name=source.path), source.path
+    else:
+        image, name = load_image(source, draft_min_side=side), str(source)
     image.thumbnail((side, side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    Image.fromarray(to_rgb(image, str(path))).save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
+    Image.fromarray(to_rgb(image, name)).save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
     return buffer.getvalue()

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from altclip import checkpoint, distributed
 from altclip.embedding import Embedder
 from altclip.imagefiles import ImageSource, Record, Task, image_batches
-from altclip.shards import expand_shards, is_shard_spec, scan_shard
+from altclip.shards import TarMember, expand_shards, is_shard_spec, scan_shard
 
 VERSION = 2
 MANIFEST, FILES, SUMMARY = "manifest.json", "files.json", "summary.json"
@@ -206,6 +206,18 @@ class Collection:
 
     def ok_paths(self) -> list[str]:
         return self.metadata(["image_path"])["image_path"].to_pylist()
+
+    def image_sources(self) -> list[ImageSource]:
+        """Where each vector's image can be read, in vector order: its file, or its tar member."""
+        if self.manifest["kind"] != "tar":
+            return list(self.ok_paths())
+        sources: list[ImageSource] = []
+        for s in self.finished_shards():
+            shard = self.files[s]
+            table = pq.read_table(self.shard_files(s).metadata, columns=["image_path", "tar_offset", "tar_size"])
+            for path, offset, size in zip(*(table[c].to_pylist() for c in table.column_names), strict=True):
+                sources.append(TarMember(shard, path[len(shard) + 1 :], offset, size))
+        return sources
 
 
 FOLDERS = (("img_emb", "npy"), ("text_emb", "npy"), ("metadata", "parquet"), ("failures", "parquet"))
@@ -404,12 +416,14 @@ def _write_shard(
         files.failures,
         pa.Table.from_pylist([dict(zip(FAILURE_SCHEMA.names, f, strict=True)) for f in failures], FAILURE_SCHEMA),
     )
-    _write_parquet(files.metadata, metadata_table(rows))  # last: its existence marks the shard finished
+    metadata = metadata_table(rows, tar=collection.manifest["kind"] == "tar")
+    _write_parquet(files.metadata, metadata)  # last: its existence marks the shard finished
 
 
-def metadata_table(rows: list[tuple[Item, int, int]]) -> pa.Table:
-    """The base columns, then every field of the samples' JSON that is not one of them (nested values as
-    JSON text; a field whose values do not share a type, as text)."""
+def metadata_table(rows: list[tuple[Item, int, int]], tar: bool = False) -> pa.Table:
+    """The base columns, where a tar sample's image lies in its shard (``tar``), then every field of the
+    samples' JSON that is not one of them (nested values as JSON text; a field whose values do not share a
+    type, as text)."""
     columns = {
         "image_path": pa.array([item.path for item, _, _ in rows], pa.string()),
         "key": pa.array([item.key for item, _, _ in rows], pa.string()),
@@ -417,6 +431,10 @@ def metadata_table(rows: list[tuple[Item, int, int]]) -> pa.Table:
         "width": pa.array([w for _, w, _ in rows], pa.int32()),
         "height": pa.array([h for _, _, h in rows], pa.int32()),
     }
+    if tar:  # where each image lies in its shard, for reading it back
+        members = [item.source for item, _, _ in rows]
+        columns["tar_offset"] = pa.array([m.offset for m in members], pa.int64())  # type: ignore[union-attr]
+        columns["tar_size"] = pa.array([m.size for m in members], pa.int64())  # type: ignore[union-attr]
     extra = dict.fromkeys(name for item, _, _ in rows for name in item.meta if name not in columns)
     for name in extra:
         values = [_scalar(item.meta.get(name)) for item, _, _ in rows]

@@ -304,6 +304,8 @@ class SearchIndex:
         self.info = json.loads((path.parent / INDEX_INFO).read_text(encoding="utf-8"))
         apply_params(self.index, self.info.get("params", {}))
         self.paths = self.collection.ok_paths()
+        tar = self.collection.manifest["kind"] == "tar"
+        self.sources = self.collection.image_sources() if tar else self.paths  # where each image can be read
         if len(self.paths) != self.index.ntotal:
             raise ValueError(
                 f"{folder}: the index holds {self.index.ntotal} vectors but the collection "
