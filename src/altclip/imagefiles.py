@@ -55,14 +55,19 @@ class ImageFiles(Dataset):
     def __getitem__(self, task: Task) -> Record:  # type: ignore[override]
         unit, index, source = task
         try:
-            if isinstance(source, TarMember):
-                data = read_member(source)
-                pixels, width, height = self.processor.preprocess_file(data, self.draft_min_side, name=source.path)
-            else:
-                pixels, width, height = self.processor.preprocess_file(source, self.draft_min_side)
+            pixels, width, height = preprocess_source(self.processor, source, self.draft_min_side)
         except ImageLoadError as err:
             return Record(index, None, -1, -1, err.kind, str(err), unit)
         return Record(index, pixels, width, height, "ok", "", unit)
+
+
+def preprocess_source(
+    processor: CLIPImageProcessor, source: ImageSource, draft_min_side: int | None = None
+) -> tuple[np.ndarray, int, int]:
+    """``preprocess_file`` of a file or of a tar member's bytes (named by its path in errors)."""
+    if isinstance(source, TarMember):
+        return processor.preprocess_file(read_member(source), draft_min_side, name=source.path)
+    return processor.preprocess_file(source, draft_min_side)
 
 
 def read_member(member: TarMember) -> bytes:

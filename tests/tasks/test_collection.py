@@ -72,6 +72,11 @@ def test_a_list_of_paths_and_folder_checks(tmp_path, image_folder, altclip_check
     (tmp_path / "busy" / "something").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         embed_collection(listing, tmp_path / "busy", embedder, "m", workers=0, progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
+    with pytest.raises(ValueError, match=r"written by an older altclip \(layout 1, now 2\)"):
+        Collection.open(tmp_path / "old")
     with pytest.raises(FileNotFoundError, match="neither a folder nor a file"):
         embed_collection(tmp_path / "nowhere", tmp_path / "out2", embedder, "m", workers=0, progress=False)
 

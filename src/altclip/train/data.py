@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from altclip.datafiles import Table
 from altclip.image import CLIPImageProcessor, ImageLoadError
-from altclip.imagefiles import read_member
+from altclip.imagefiles import preprocess_source
 from altclip.shards import ShardSample, TarMember, scan_shard
 from altclip.tokenization import Tokenizer
 
@@ -215,9 +215,8 @@ class ShardPairs(Dataset):
 
     def __getitem__(self, task: list[Any]) -> tuple[np.ndarray | None, str]:  # type: ignore[override]
         shard, name, offset, size, caption = task
-        member = TarMember(shard, name, offset, size)
         try:
-            pixels, _, _ = self.processor.preprocess_file(read_member(member), name=member.path)
+            pixels, _, _ = preprocess_source(self.processor, TarMember(shard, name, offset, size))
         except ImageLoadError as err:
             return None, err.kind
         return pixels, caption
