@@ -93,7 +93,7 @@ def main() -> None:
         queries += 0.05 * np.random.default_rng(7).standard_normal(queries.shape).astype(np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         started = time.perf_counter()
-        truth = exact_search(collection, queries[:100], 10)
+        truth, _ = exact_search(collection, queries[:100], 10)
         exact_ms = 1000 * (time.perf_counter() - started) / 100
         results = {}
         for mmap in (False, True):

@@ -141,9 +141,17 @@ def test_exact_search_equals_a_naive_reference(vector_folder):
     expected = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]
     blocks = list(collection.shard_blocks(block=500))  # read from the files, not mapped
     assert len(blocks) == 15 and np.array_equal(np.concatenate(blocks), collection.embeddings())
-    found = exact_search(collection, queries, 10, block=500)
-    scores = np.take_along_axis(queries @ vectors.T, found, 1)
+    found, scores = exact_search(collection, queries, 10, block=500)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ vectors.T, found, 1), rtol=0, atol=1e-6)
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ vectors.T, expected, 1), rtol=0, atol=1e-6)
+
+
+def test_duplicates_tie_rather_than_miss(tmp_path):
+    """Equal vectors (duplicate images) may come back in any order: exact search must still score 1.0."""
+    vectors = np.repeat(clustered(400, 32, seed=2), 3, axis=0)  # every vector three times
+    write_vectors(tmp_path / "dups", [vectors], 1, 32, "synthetic")
+    assert build_index(tmp_path / "dups", kind="flat")["recall@10"] == 1.0
+    assert build_index(tmp_path / "dups", kind="hnsw")["recall@10"] >= 0.95
 
 
 def test_search_errors(tmp_path, collection_folder):

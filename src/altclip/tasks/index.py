@@ -126,7 +126,8 @@ def build_index(
         raise ValueError(f"{folder} holds no embedded images to index")
     choice = choose_index(count, dim, budget, kind, exact_max)
     queries, query_rows, query_source = held_out_queries(collection, count, seed)
-    truth = exact_search(collection, queries, RECALL_K + 1)  # before the index takes its memory
+    truth = Truth(collection, queries, query_rows, *exact_search(collection, queries, RECALL_K + 1))  # before the
+    # index takes its memory
 
     index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     trained_on = 0
@@ -143,7 +144,7 @@ def build_index(
     for vectors in collection.shard_blocks(block=ADD_BLOCK):  # a block of a shard at a time
         index.add(vectors.astype(np.float32))
 
-    params, recall = tune(index, choice, queries, truth, query_rows)
+    params, recall = tune(index, choice, truth)
     info = {
         "kind": choice.kind,
         "factory": choice.factory,
@@ -210,8 +211,11 @@ def gather(collection: Collection, rows: np.ndarray, kind: str = "img", cached: 
     return out
 
 
-def exact_search(collection: Collection, queries: np.ndarray, k: int, block: int = 8192) -> np.ndarray:
-    """(queries, k) row ids of the exact top k by inner product, streamed over the shards in blocks."""
+def exact_search(
+    collection: Collection, queries: np.ndarray, k: int, block: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, k) row ids and scores of the exact top k by inner product, best first, streamed over the
+    shards in blocks."""
     best_scores = np.zeros((len(queries), 0), np.float32)
     best_ids = np.zeros((len(queries), 0), np.int64)
     start = 0
@@ -225,28 +229,44 @@ def exact_search(collection: Collection, queries: np.ndarray, k: int, block: int
         best_scores = np.take_along_axis(scores, keep, 1)
         start += len(chunk)
     order = np.argsort(-best_scores, axis=1, kind="stable")
-    return np.take_along_axis(best_ids, order, 1)
+    return np.take_along_axis(best_ids, order, 1), np.take_along_axis(best_scores, order, 1)
 
 
-def recall_at(found: np.ndarray, truth: np.ndarray, rows: np.ndarray, k: int) -> float:
-    """Mean share of the true top k found among the returned k (FAISS's "k-recall@k"). A query that is itself
-    a stored vector (``rows``) is left out of its own results and truth: finding itself proves nothing."""
-    shares = []
-    for i, (f, t) in enumerate(zip(found, truth, strict=True)):
-        self_row = rows[i] if len(rows) else -1
-        f, t = [x for x in f if x >= 0 and x != self_row][:k], [x for x in t if x != self_row][:k]
-        shares.append(len(set(f) & set(t)) / len(t))
-    return float(np.mean(shares))
+@dataclass
+class Truth:
+    """The held-out queries' exact neighbours, and what counts as finding them."""
+
+    collection: Collection
+    queries: np.ndarray
+    rows: np.ndarray  # each query's own row when the queries are stored images; empty for captions
+    ids: np.ndarray  # (queries, k + 1) exact neighbours, best first
+    scores: np.ndarray
+
+    def recall(self, found: np.ndarray, k: int) -> float:
+        """Mean share of the true top k among the returned k (FAISS's "k-recall@k"), where ties count: a
+        result outside the true k that scores as high as the k-th (a duplicate image) is as good a result.
+        A query's own row is left out of its results and truth: finding itself proves nothing."""
+        hits, misses = np.zeros(len(found)), []
+        for i, returned in enumerate(found):
+            own = self.rows[i] if len(self.rows) else -1
+            kept = self.ids[i] != own
+            true_ids, true_scores = self.ids[i][kept][:k], self.scores[i][kept][:k]
+            got = [x for x in returned if x >= 0 and x != own][:k]
+            hits[i] = len(set(got) & set(true_ids))
+            misses += [(i, x, true_scores[-1]) for x in got if x not in set(true_ids)]
+        if misses:  # score the others exactly: ties with the k-th are hits
+            vectors = gather(self.collection, np.array([x for _, x, _ in misses]), cached=False)
+            for (i, _, kth), vector in zip(misses, vectors, strict=True):
+                hits[i] += float(vector @ self.queries[i]) >= kth - 1e-6
+        return float(np.mean(hits / k))
 
 
-def tune(
-    index: Any, choice: Choice, queries: np.ndarray, truth: np.ndarray, rows: np.ndarray
-) -> tuple[dict[str, int], float]:
+def tune(index: Any, choice: Choice, truth: Truth) -> tuple[dict[str, int], float]:
     """The cheapest search parameter reaching ``RECALL_TARGET`` (or the most accurate tried) and its recall."""
-    k = min(RECALL_K, index.ntotal - (1 if len(rows) else 0))
+    k = min(RECALL_K, index.ntotal - (1 if len(truth.rows) else 0))
     fetch = min(index.ntotal, k + 1)
     if choice.kind == "flat":
-        return {}, recall_at(index.search(queries, fetch)[1], truth, rows, k)
+        return {}, truth.recall(index.search(truth.queries, fetch)[1], k)
     if choice.kind == "hnsw":
         name, values = "efSearch", [16, 32, 64, 128, 256, 512]
     else:
@@ -257,7 +277,7 @@ def tune(
         if "Refine" in choice.factory:
             params["k_factor"] = REFINE_K_FACTOR
         apply_params(index, params)
-        recall = recall_at(index.search(queries, fetch)[1], truth, rows, k)
+        recall = truth.recall(index.search(truth.queries, fetch)[1], k)
         if recall >= RECALL_TARGET:
             break
     return params, recall
