@@ -64,6 +64,7 @@ def test_a_list_of_paths_and_folder_checks(tmp_path, image_folder, altclip_check
     embedder = Embedder.from_pretrained(altclip_checkpoint)
     summary = embed_collection(listing, tmp_path / "out", embedder, "m", workers=0, progress=False)
     assert summary["by_status"] == {"ok": 4, "missing": 1}
+    assert embed_collection(listing, tmp_path / "out", embedder, "m", workers=0, progress=False) == summary  # done
     with pytest.raises(ValueError, match="was made from model 'm', not 'other'"):
         embed_collection(listing, tmp_path / "out", embedder, "other", workers=0, progress=False)
     with pytest.raises(ValueError, match="was made from draft False, not True"):  # decoding is part of the recipe

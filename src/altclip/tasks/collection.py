@@ -288,9 +288,9 @@ class ShardPlan:
         # 50 µs a member) then overlaps the model's work instead of stalling it
         with ThreadPoolExecutor(1) as pool:
             upcoming = {s: pool.submit(self._scan, s) for s in self.shards[:1]}
-            for shard, following in zip(self.shards, [*self.shards[1:], None], strict=True):
-                if following is not None:
-                    upcoming[following] = pool.submit(self._scan, following)
+            for i, shard in enumerate(self.shards):
+                if i + 1 < len(self.shards):
+                    upcoming[self.shards[i + 1]] = pool.submit(self._scan, self.shards[i + 1])
                 items = self.items[shard] = upcoming.pop(shard).result()
                 tasks = [(shard, j, item.source) for j, item in enumerate(items) if item.source is not None]
                 for start in range(0, len(tasks), self.batch_size):
