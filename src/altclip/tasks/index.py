@@ -97,15 +97,23 @@ def choose_index(count: int, dim: int, memory: int, kind: str = "auto", exact_ma
         choice = fitting[0]
     else:
         raise ValueError(
-            f"{count:,} vectors of {dim} dimensions need at least {ivfpq[-1].bytes / 1e9:.2f} GB as IVF-PQ; "
-            f"--memory {memory / 1e9:.2f} GB is too small"
+            f"{count:,} vectors of {dim} dimensions need at least {readable(ivfpq[-1].bytes)} as IVF-PQ; "
+            f"--memory {readable(memory)} is too small"
         )
     if choice.bytes > memory:
         raise ValueError(
-            f"a {choice.kind} index of {count:,} vectors needs about {choice.bytes / 1e9:.2f} GB, more than "
-            f"--memory {memory / 1e9:.2f} GB; raise --memory or use --kind auto"
+            f"a {choice.kind} index of {count:,} vectors needs about {readable(choice.bytes)}, more than "
+            f"--memory {readable(memory)}; raise --memory or use --kind auto"
         )
     return choice
+
+
+def readable(size: int) -> str:
+    """Bytes as people write them: 819 KB, 3.27 GB."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
 
 
 def build_index(
