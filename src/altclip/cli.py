@@ -121,14 +121,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
             rank=rank,
             world=world,
         )
-        if rank == 0 and summary["embedded"] and not args.no_index:
+        distributed.leave()  # before the index: the others need not wait (a barrier gives up after 30 minutes)
+        if rank != 0:
+            return 0
+        if summary["embedded"] and not args.no_index:
             summary["index"] = build_index(args.out, kind=args.kind, memory=args.memory, exact_max=args.exact_max)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished shards are kept in {args.out}: run the same command to resume", file=sys.stderr)
         return 130
-    distributed.leave()
-    if rank != 0:
-        return 0
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return 0
