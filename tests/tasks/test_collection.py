@@ -305,3 +305,12 @@ def test_two_processes_give_the_one_process_result(tmp_path, kind, image_folder,
             atol=1e-6,
         )
     assert two["index"]["count"] == one["embedded"] and (tmp_path / "two" / "index" / "faiss.index").is_file()
+
+    # resume holds per shard, whichever process had it: lose one shard of each process, run the same command
+    lost = [ours.shard_files(s).metadata for s in (1, 2)]
+    for path in lost:
+        path.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "two" / "metadata").iterdir()}
+    assert run_embed(source, tmp_path / "two", altclip_checkpoint, 2, *extra)["embedded"] == one["embedded"]
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()) and all(p.exists() for p in lost)
+    assert Collection.open(tmp_path / "two").metadata().to_pylist() == theirs.metadata().to_pylist()

@@ -115,3 +115,10 @@ def test_distillation_streams_parallel_text_from_shards(tmp_path, teacher, stude
     Trainer(phase, config).fit()
     curve = losses(tmp_path / "run")
     assert len(curve) == 30 and sum(curve[-5:]) < 0.7 * sum(curve[:5])
+
+
+def test_an_unreadable_shard_is_skipped_and_counted(tmp_path, pair_shards):
+    (tmp_path / "junk.tar").write_bytes(b"not a tar" * 100)
+    stream = ShardStream([str(pair_shards[0]), str(tmp_path / "junk.tar")], pair_task, buffer_size=4)
+    drawn_keys = [t[1] for b in drawn(stream, 2, 1, 0, 0) for t in b]
+    assert len(drawn_keys) == 12 and stream.skipped["data: unreadable shard"] == 1  # 13 usable, in twos

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,19 +160,19 @@ class ShardStream:
         rng = np.random.default_rng([seed, epoch, rank])
         if start["rng"] is not None:
             rng.bit_generator.state = start["rng"]
-        micro, shard, offset, buffer = start["micro"], start["shard"], start["offset"], list(start["buffer"])
-        samples = self._scan(mine[shard]) if shard < len(mine) else []
+        micro, buffer = start["micro"], list(start["buffer"])
+        shard, offset = start["shard"], start["offset"]
+        samples = self._samples(mine, shard, offset)
         self.positions.clear()
         while True:
             drawn: list[list[Any]] = []
             while len(drawn) < batch:
-                while len(buffer) < self.buffer_size and shard < len(mine):  # fill from the shards
-                    if offset == len(samples):
-                        shard, offset = shard + 1, 0
-                        samples = self._scan(mine[shard]) if shard < len(mine) else []
-                        continue
-                    task, why = self.make_task(samples[offset])
-                    offset += 1
+                while len(buffer) < self.buffer_size:  # fill from the shards
+                    following = next(samples, None)
+                    if following is None:
+                        break
+                    shard, offset, sample = following
+                    task, why = self.make_task(sample)
                     if task is None:
                         self.skipped[f"data: {why}"] += 1
                     else:
@@ -193,18 +194,32 @@ class ShardStream:
             self.positions.pop(micro - POSITIONS_KEPT, None)
             yield drawn
 
-    def _scan(self, shard: str) -> list[ShardSample]:
-        try:
-            return scan_shard(shard)
-        except ValueError:  # a shard that cannot be read is skipped and counted, like a bad line
-            self.skipped["data: unreadable shard"] += 1
-            return []
+    def _samples(self, mine: list[str], shard: int, offset: int) -> Iterator[tuple[int, int, ShardSample]]:
+        """The samples from a position on, each with the position after it (its shard, the offset past it).
+        The next shard is scanned on a thread while this one is read."""
+        with ThreadPoolExecutor(1) as pool:
+            upcoming = pool.submit(_scan, mine[shard]) if shard < len(mine) else None
+            while upcoming is not None:
+                found, error = upcoming.result()
+                upcoming = pool.submit(_scan, mine[shard + 1]) if shard + 1 < len(mine) else None
+                if error:  # a shard that cannot be read is skipped and counted, like a bad line
+                    self.skipped["data: unreadable shard"] += 1
+                for i in range(offset, len(found)):
+                    yield shard, i + 1, found[i]
+                shard, offset = shard + 1, 0
 
     def position(self, micro: int) -> dict[str, Any] | None:
         """Where the stream stood after handing out ``micro`` batches of this epoch (None: at its start)."""
         if micro and micro not in self.positions:
             raise RuntimeError(f"the stream's position after batch {micro} was not kept")
         return self.positions[micro] if micro else None
+
+
+def _scan(shard: str) -> tuple[list[ShardSample], str]:
+    try:
+        return scan_shard(shard), ""
+    except ValueError as err:
+        return [], str(err)
 
 
 class ShardPairs(Dataset):
