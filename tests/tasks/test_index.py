@@ -136,6 +136,16 @@ def test_ivfpq_streams_the_shards_and_records_its_measured_recall(vector_folder,
         assert np.mean(shares) == pytest.approx(info["recall@10"], abs=1e-3)
 
 
+def test_opq_is_kept_only_where_it_helps(vector_folder):
+    info = build_index(vector_folder, kind="ivfpq", memory="100KB")  # codes of 8 dimensions: OPQ is a candidate
+    check = info["opq_check"]
+    assert check["kept"] == (check["with_opq"] > check["without"]) and 0 < check["without"] <= 1
+    assert info["factory"] == ("OPQ4,IVF128,PQ4x4fs" if check["kept"] else "IVF128,PQ4x4fs")
+    vectors = Collection.open(vector_folder).embeddings().astype(np.float32)
+    hits = SearchIndex(vector_folder).search(vectors[:20], k=10)  # every vector is in it (coarse codes: near)
+    assert sum(i in {h.id for h in found} for i, found in enumerate(hits)) >= 12  # chance: 20 * 10 / 6000
+
+
 def test_exact_search_equals_a_naive_reference(vector_folder):
     collection = Collection.open(vector_folder)
     vectors = collection.embeddings().astype(np.float32)
