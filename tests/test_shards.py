@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from altclip.shards import expand_shards, is_shard_spec, scan_shard, split_name
+from altclip.shards import expand_shards, is_shard_spec, scan_shard, scanned_ahead, split_name
 from tests.conftest import make_shards
 
 
@@ -47,3 +47,10 @@ def test_a_compressed_or_broken_shard_is_named(tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"junk" * 300)
     with pytest.raises(ValueError, match=r"junk.tar is not a readable uncompressed tar shard"):
         scan_shard(tmp_path / "junk.tar")
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5])
+def test_scanned_ahead_gives_what_scanning_in_turn_gives(tmp_path, count):
+    shards = [str(p) for p in make_shards(tmp_path / "s", shards=count, per_shard=2, broken=False)] if count else []
+    ahead = [[s.key for s in samples] for samples in scanned_ahead(scan_shard, shards)]
+    assert ahead == [[s.key for s in scan_shard(shard)] for shard in shards]

@@ -67,19 +67,29 @@ def _records(path: Path, columns: tuple[str, ...], skipped: Counter) -> Iterator
             yield dict(zip(names, row, strict=False))
 
 
+def usable(
+    record: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]
+) -> tuple[dict[str, str] | None, str]:
+    """A record's row (texts stripped, absent optional fields ""), or None and why it is skipped."""
+    values = {k: record.get(k) for k in required + optional}
+    if any(not isinstance(values[k], str) for k in required):
+        return None, "missing field"
+    if any(not values[k].strip() for k in required):
+        return None, "empty text"
+    return {k: (v.strip() if isinstance(v, str) else "") for k, v in values.items()}, ""
+
+
 def read_table(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = ("lang",)) -> Table:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     table = Table([])
     for record in _records(path, required + optional, table.skipped):
-        values = {k: record.get(k) for k in required + optional}
-        if any(not isinstance(values[k], str) for k in required):
-            table.skipped["missing field"] += 1
-        elif any(not values[k].strip() for k in required):
-            table.skipped["empty text"] += 1
+        row, why = usable(record, required, optional)
+        if row is None:
+            table.skipped[why] += 1
         else:
-            table.rows.append({k: (v.strip() if isinstance(v, str) else "") for k, v in values.items()})
+            table.rows.append(row)
     if not table.rows:
         raise ValueError(f"{path}: no usable rows (skipped: {dict(table.skipped) or 'none'})")
     return table
@@ -157,12 +167,7 @@ class ParallelLines:
             if len(cells) < 2 or len(cells) > len(names):
                 return None, "malformed line"
             record = dict(zip(names, cells, strict=False))
-        values = {k: record.get(k) for k in PARALLEL_COLUMNS}
-        if any(not isinstance(values[k], str) for k in ("src", "tgt")):
-            return None, "missing field"
-        if any(not values[k].strip() for k in ("src", "tgt")):
-            return None, "empty text"
-        return {k: (v.strip() if isinstance(v, str) else "") for k, v in values.items()}, ""
+        return usable(record, PARALLEL_COLUMNS[:2], PARALLEL_COLUMNS[2:])
 
 
 PARALLEL_COLUMNS = ("src", "tgt", "lang")

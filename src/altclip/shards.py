@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from braceexpand import braceexpand
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SHARD_SUFFIX = ".tar"
@@ -83,9 +88,13 @@ class ShardSample:
 
     key: str
     image: TarMember | None
-    caption: str | None
     meta: dict[str, Any] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)  # every ``.txt``-like member by extension, e.g. "en.txt"
+
+    @property
+    def caption(self) -> str | None:
+        """The ``KEY.txt`` member."""
+        return self.texts.get("txt")
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -111,14 +120,11 @@ def scan_shard(shard: str | Path) -> list[ShardSample]:
 
 def _add_member(samples: dict[str, ShardSample], tar: tarfile.TarFile, member: tarfile.TarInfo, shard: str) -> None:
     key, extension = split_name(member.name)
-    sample = samples.setdefault(key, ShardSample(key, None, None))
+    sample = samples.setdefault(key, ShardSample(key, None))
     if extension in IMAGE_EXTENSIONS and sample.image is None:
         sample.image = TarMember(shard, member.name, member.offset_data, member.size)
     elif extension.endswith("txt"):
-        text = _read(tar, member).decode("utf-8", errors="replace").strip()
-        sample.texts[extension] = text
-        if extension == "txt":
-            sample.caption = text
+        sample.texts[extension] = _read(tar, member).decode("utf-8", errors="replace").strip()
     elif extension == "json":
         try:
             meta = json.loads(_read(tar, member))
@@ -130,3 +136,16 @@ def _add_member(samples: dict[str, ShardSample], tar: tarfile.TarFile, member: t
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     f = tar.extractfile(member)
     return f.read() if f is not None else b""
+
+
+def scanned_ahead(scan: Callable[[T], R], shards: Sequence[T]) -> Iterator[R]:
+    """``scan(shard)`` of each shard in turn, the next one computed on a thread while the caller works on
+    this one: a tar shard's scan (50–200 µs a sample) then overlaps the model's work instead of stalling it."""
+    with ThreadPoolExecutor(1) as pool:
+        upcoming = pool.submit(scan, shards[0]) if shards else None
+        for following in [*shards[1:], None]:
+            if upcoming is None:
+                return
+            result = upcoming.result()
+            upcoming = pool.submit(scan, following) if following is not None else None
+            yield result

@@ -29,16 +29,22 @@ async def started(worker: ModelWorker) -> AsyncIterator[ModelWorker]:
         await worker.stop()
 
 
-def test_concurrent_texts_are_batched_and_each_gets_its_own_vector(embedder):
+def embed_together(embedder, texts: list[str], max_batch: int) -> tuple[list[np.ndarray], list[int]]:
+    """The texts sent to one worker at once: their vectors, and the size of each batch it ran."""
     batches: list[int] = []
 
     async def main():
-        worker = ModelWorker(embedder, max_batch=32, window=0.05)
+        worker = ModelWorker(embedder, max_batch=max_batch, window=0.05)
         worker.on_batch = batches.append
         async with started(worker):
-            return await asyncio.gather(*(worker.embed_text(t) for t in TEXTS))
+            return await asyncio.gather(*(worker.embed_text(t) for t in texts))
 
-    got = np.stack(run(main()))
+    return run(main()), batches
+
+
+def test_concurrent_texts_are_batched_and_each_gets_its_own_vector(embedder):
+    vectors, batches = embed_together(embedder, TEXTS, max_batch=32)
+    got = np.stack(vectors)
     expected = np.stack([embedder.embed_texts([t]).float().numpy()[0] for t in TEXTS])  # one at a time
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert sum(batches) == len(TEXTS) and len(batches) < len(TEXTS)  # fewer forward passes than queries
@@ -46,15 +52,8 @@ def test_concurrent_texts_are_batched_and_each_gets_its_own_vector(embedder):
 
 
 def test_batches_never_exceed_max_batch(embedder):
-    batches: list[int] = []
-
-    async def main():
-        worker = ModelWorker(embedder, max_batch=3, window=0.05)
-        worker.on_batch = batches.append
-        async with started(worker):
-            return await asyncio.gather(*(worker.embed_text(f"text {i}") for i in range(10)))
-
-    assert len(run(main())) == 10
+    vectors, batches = embed_together(embedder, [f"text {i}" for i in range(10)], max_batch=3)
+    assert len(vectors) == 10
     assert max(batches) <= 3 and sum(batches) == 10
 
 

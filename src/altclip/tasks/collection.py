@@ -33,7 +33,6 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,7 +45,7 @@ from tqdm.auto import tqdm
 from altclip import checkpoint, distributed
 from altclip.embedding import Embedder
 from altclip.imagefiles import ImageSource, Record, Task, image_batches
-from altclip.shards import TarMember, expand_shards, is_shard_spec, scan_shard
+from altclip.shards import TarMember, expand_shards, is_shard_spec, scan_shard, scanned_ahead
 
 VERSION = 2
 MANIFEST, FILES, SUMMARY = "manifest.json", "files.json", "summary.json"
@@ -107,7 +106,7 @@ class Collection:
     folder: Path
     manifest: dict[str, Any]
     files: list[str]  # image files, or tar shards
-    mapped: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)  # finished shards' vectors
+    mapped: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)  # see shard_embeddings
 
     @classmethod
     def open(cls, folder: str | Path) -> Collection:
@@ -172,20 +171,19 @@ class Collection:
         arrays = [np.load(getattr(self.shard_files(s), kind)) for s in self.finished_shards()]
         return np.concatenate(arrays) if arrays else np.zeros((0, self.dim), np.float16)
 
-    def shard_embeddings(self, kind: str = "img", cached: bool = True) -> Iterator[np.ndarray]:
-        """The vectors one finished shard at a time, memory-mapped: what streaming readers use.
+    def shard_embeddings(self, kind: str = "img", cached: bool = True) -> list[np.ndarray]:
+        """The finished shards' vectors, one memory-mapped array a shard: what streaming readers use.
 
-        ``cached``: keep the maps open for the next call (a server's repeated lookups); a one-pass job passes
-        False, so that the pages it has read are let go with each shard.
+        ``cached``: map them once and keep the maps (a served collection, whose shards no longer change, is
+        read this way on every request); a one-pass job passes False, so that the pages it has read are let
+        go with each shard.
         """
-        for s in self.finished_shards():
-            path = getattr(self.shard_files(s), kind)
-            if not cached:
-                yield np.load(path, mmap_mode="r")
-                continue
-            if (kind, s) not in self.mapped:  # a finished shard never changes
-                self.mapped[kind, s] = np.load(path, mmap_mode="r")
-            yield self.mapped[kind, s]
+        if cached and kind in self.mapped:
+            return self.mapped[kind]
+        maps = [np.load(getattr(self.shard_files(s), kind), mmap_mode="r") for s in self.finished_shards()]
+        if cached:
+            self.mapped[kind] = maps
+        return maps
 
     def shard_blocks(self, kind: str = "img", block: int = 32_768) -> Iterator[np.ndarray]:
         """The vectors in blocks of at most ``block`` rows, shard after shard, each block read into memory of
@@ -210,7 +208,7 @@ class Collection:
     def image_sources(self) -> list[ImageSource]:
         """Where each vector's image can be read, in vector order: its file, or its tar member."""
         if self.manifest["kind"] != "tar":
-            return list(self.ok_paths())
+            return self.ok_paths()  # type: ignore[return-value]
         sources: list[ImageSource] = []
         for s in self.finished_shards():
             shard = self.files[s]
@@ -281,20 +279,16 @@ class ShardPlan:
     shards: list[int]
     batch_size: int
     items: dict[int, list[Item]] = field(default_factory=dict)
+    expected: dict[int, int] = field(default_factory=dict)  # shard -> images to decode
     unreadable: dict[int, str] = field(default_factory=dict)  # shard -> why it could not be scanned
 
     def __iter__(self) -> Iterator[list[Task]]:
-        # the next shard is scanned on a thread while this one's batches go out: a tar shard's scan (about
-        # 50 µs a member) then overlaps the model's work instead of stalling it
-        with ThreadPoolExecutor(1) as pool:
-            upcoming = {s: pool.submit(self._scan, s) for s in self.shards[:1]}
-            for i, shard in enumerate(self.shards):
-                if i + 1 < len(self.shards):
-                    upcoming[self.shards[i + 1]] = pool.submit(self._scan, self.shards[i + 1])
-                items = self.items[shard] = upcoming.pop(shard).result()
-                tasks = [(shard, j, item.source) for j, item in enumerate(items) if item.source is not None]
-                for start in range(0, len(tasks), self.batch_size):
-                    yield tasks[start : start + self.batch_size]
+        for shard, items in zip(self.shards, scanned_ahead(self._scan, self.shards), strict=True):
+            self.items[shard] = items
+            tasks = [(shard, j, item.source) for j, item in enumerate(items) if item.source is not None]
+            self.expected[shard] = len(tasks)
+            for start in range(0, len(tasks), self.batch_size):
+                yield tasks[start : start + self.batch_size]
 
     def _scan(self, shard: int) -> list[Item]:
         try:
@@ -302,9 +296,6 @@ class ShardPlan:
         except ValueError as err:
             self.unreadable[shard] = str(err)
             return []
-
-    def expected(self, shard: int) -> int:
-        return sum(item.source is not None for item in self.items[shard])
 
 
 @dataclass
@@ -344,10 +335,10 @@ def embed_collection(
     source = str(source) if is_shard_spec(source) else str(Path(source).resolve())
     recipe = {"source": source, "model": model_name, "draft": draft, "captions": captions}
     dim = embedder.model.config.projection_dim  # type: ignore[attr-defined]
-    if rank == 0:
-        _create(out, source, recipe, shard_size, dim)
+    collection = _create(out, source, recipe, shard_size, dim) if rank == 0 else None
     distributed.barrier()
-    collection = _create(out, source, recipe, shard_size, dim)  # reopened, and checked, by every process
+    if collection is None:  # the others open what process 0 made, and check it
+        collection = _create(out, source, recipe, shard_size, dim)
     mine = [s for s in range(rank, collection.num_shards(), world) if not collection.finished(s)]
     plan = ShardPlan(collection, mine, batch_size)
     done: dict[int, dict[int, Embedded]] = {}
@@ -382,7 +373,8 @@ def _caption_vectors(embedder: Embedder, items: list[Item], dim: int) -> Iterato
 
 
 def _write_finished(plan: ShardPlan, done: dict[int, dict[int, Embedded]], captions: bool) -> None:
-    for shard in [s for s in plan.items if len(done.get(s, {})) == plan.expected(s)]:
+    for shard in [s for s in plan.items if len(done.get(s, {})) == plan.expected[s]]:
+        del plan.expected[shard]
         _write_shard(plan.collection, shard, plan.items.pop(shard), done.pop(shard, {}), plan.unreadable, captions)
 
 
@@ -493,7 +485,7 @@ def write_summary(collection: Collection) -> dict[str, Any]:
         ],
     }
     if collection.manifest["captions"]:
-        texts = sum(int(np.any(v != 0, axis=1).sum()) for v in collection.shard_embeddings("text"))
+        texts = sum(int(np.any(v != 0, axis=1).sum()) for v in collection.shard_blocks("text"))
         summary["captions"] = texts
     _write_json(collection.folder / SUMMARY, summary)
     return summary

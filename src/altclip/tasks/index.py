@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from altclip import checkpoint
+from altclip.shards import TarMember
 from altclip.tasks.collection import Collection
 
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -248,12 +249,14 @@ def gather(collection: Collection, rows: np.ndarray, kind: str = "img", cached: 
     (``cached``: see ``Collection.shard_embeddings``)."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.zeros((len(rows), collection.dim), np.float32)
-    start = 0
-    for shard in collection.shard_embeddings(kind, cached):
-        inside = (rows >= start) & (rows < start + len(shard))
-        if inside.any():
-            out[inside] = shard[rows[inside] - start]
-        start += len(shard)
+    shards = collection.shard_embeddings(kind, cached)
+    starts = np.cumsum([0] + [len(shard) for shard in shards])
+    which = np.searchsorted(starts, rows, side="right") - 1  # the shard of each row
+    for s in np.unique(which):  # only the shards that hold a wanted row
+        inside = which == s
+        out[inside] = shards[s][rows[inside] - starts[s]]
+        if not cached:
+            shards[s] = None  # type: ignore[call-overload]  # unmapped now: its pages read are let go
     return out
 
 
@@ -369,9 +372,8 @@ class SearchIndex:
         self.index = faiss.read_index(str(path), flags)
         self.info = json.loads((path.parent / INDEX_INFO).read_text(encoding="utf-8"))
         apply_params(self.index, self.info.get("params", {}))
-        self.paths = self.collection.ok_paths()
-        tar = self.collection.manifest["kind"] == "tar"
-        self.sources = self.collection.image_sources() if tar else self.paths  # where each image can be read
+        self.sources = self.collection.image_sources()  # where each image can be read
+        self.paths = [s.path if isinstance(s, TarMember) else s for s in self.sources]
         if len(self.paths) != self.index.ntotal:
             raise ValueError(
                 f"{folder}: the index holds {self.index.ntotal} vectors but the collection "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +18,7 @@ from torch.utils.data import Dataset
 from altclip.datafiles import Table
 from altclip.image import CLIPImageProcessor, ImageLoadError
 from altclip.imagefiles import preprocess_source
-from altclip.shards import ShardSample, TarMember, scan_shard
+from altclip.shards import ShardSample, TarMember, scan_shard, scanned_ahead
 from altclip.tokenization import Tokenizer
 
 
@@ -197,16 +196,12 @@ class ShardStream:
     def _samples(self, mine: list[str], shard: int, offset: int) -> Iterator[tuple[int, int, ShardSample]]:
         """The samples from a position on, each with the position after it (its shard, the offset past it).
         The next shard is scanned on a thread while this one is read."""
-        with ThreadPoolExecutor(1) as pool:
-            upcoming = pool.submit(_scan, mine[shard]) if shard < len(mine) else None
-            while upcoming is not None:
-                found, error = upcoming.result()
-                upcoming = pool.submit(_scan, mine[shard + 1]) if shard + 1 < len(mine) else None
-                if error:  # a shard that cannot be read is skipped and counted, like a bad line
-                    self.skipped["data: unreadable shard"] += 1
-                for i in range(offset, len(found)):
-                    yield shard, i + 1, found[i]
-                shard, offset = shard + 1, 0
+        for found, error in scanned_ahead(_scan, mine[shard:]):
+            if error:  # a shard that cannot be read is skipped and counted, like a bad line
+                self.skipped["data: unreadable shard"] += 1
+            for i in range(offset, len(found)):
+                yield shard, i + 1, found[i]
+            shard, offset = shard + 1, 0
 
     def position(self, micro: int) -> dict[str, Any] | None:
         """Where the stream stood after handing out ``micro`` batches of this epoch (None: at its start)."""
