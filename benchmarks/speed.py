@@ -1,5 +1,6 @@
-"""Speed and memory of altclip (float32, int8, torch.compile, ONNX Runtime float32 and int8) against
-transformers' AltCLIPModel (eager and sdpa), in one run.
+"""Speed and memory of altclip (float32, --dtype auto, int8, torch.compile, ONNX Runtime float32 and int8)
+against transformers' AltCLIPModel (eager and sdpa in float32; sdpa in bfloat16), in one run. It prints the CPU
+it ran on and what --dtype auto chose there.
 
     .venv/bin/python benchmarks/speed.py                 # BAAI/AltCLIP sizes (ViT-L/14 + XLM-R-large)
     .venv/bin/python benchmarks/speed.py --size small    # a quick run on a small model
@@ -68,6 +69,8 @@ IMPLEMENTATIONS = (
     "altclip",
     "transformers-sdpa",
     "transformers-eager",
+    "altclip-auto",
+    "transformers-sdpa-bf16",
     "altclip-int8",
     "altclip-compile",
     "altclip-onnx",
@@ -136,7 +139,10 @@ def load(impl: str, folder: Path):
     if impl.startswith("transformers"):
         import transformers
 
-        model = transformers.AltCLIPModel.from_pretrained(folder, attn_implementation=impl.split("-")[1]).eval()
+        dtype = torch.bfloat16 if impl.endswith("-bf16") else torch.float32
+        model = transformers.AltCLIPModel.from_pretrained(
+            folder, attn_implementation=impl.split("-")[1], dtype=dtype
+        ).eval()
         text = lambda ids, mask: model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output  # noqa: E731
         image = lambda px: model.get_image_features(pixel_values=px).pooler_output  # noqa: E731
         return model, text, image
@@ -147,11 +153,10 @@ def load(impl: str, folder: Path):
 
         model = OnnxModel.from_pretrained(folder / impl)
         return model, model.get_text_features, model.get_image_features
-    model = altclip.AltCLIPModel.from_pretrained(folder)
-    if impl == "altclip-int8":
-        from altclip.quantize import quantize_int8
+    from altclip.hardware import choose_dtype
 
-        model = quantize_int8(model)
+    matmul = {"altclip-int8": "int8", "altclip-auto": choose_dtype(torch.device("cpu")).dtype}.get(impl)
+    model = altclip.AltCLIPModel.from_pretrained(folder, matmul_dtype=matmul)
     if impl == "altclip-compile":
         from altclip.runtime import compile_towers
 
@@ -168,6 +173,7 @@ def worker(impl: str, folder: Path, config: dict[str, Any], seconds: float, mixe
         start = time.perf_counter()
         image(torch.randn(1, 3, size, size))  # the first call pays torch.compile's compilation
         results["first_image_call_s"] = time.perf_counter() - start
+        results["load_dtype"] = str(getattr(model, "autocast_dtype", None) or "")
         results["parity"] = compare(folder, text, image)
         for batch in IMAGE_BATCHES:
             px = torch.randn(batch, 3, size, size)
@@ -267,15 +273,19 @@ def compare(folder: Path, text, image) -> dict[str, float]:
 
 
 def report(results: dict[str, dict[str, Any]], config: dict[str, Any], ceiling: float) -> str:
+    from altclip.hardware import choose_dtype, detect_cpu
     from altclip.tables import format_table
 
     impls = list(results)
-    hf = [i for i in impls if i.startswith("transformers")]
+    hf = [i for i in impls if i.startswith("transformers") and not i.endswith("-bf16")] or impls[:1]
 
     def best(section: str, key: Any) -> float:
         return max(results[i][section][key] for i in hf)
 
+    auto = choose_dtype(torch.device("cpu"))
     lines = [
+        f"CPU: {detect_cpu().describe()}",
+        f"--dtype auto here: {auto.dtype} ({auto.reason})",
         f"float32 matmul ceiling: {ceiling:.1f} GFLOP/s",
         f"threads: {torch.get_num_threads()}, torch {torch.__version__}",
     ]
@@ -324,7 +334,9 @@ def report(results: dict[str, dict[str, Any]], config: dict[str, Any], ceiling: 
                 "",
             ]
         )
-    table = format_table(["workload", "implementation", "per s", "vs transformers best", "GFLOP/s", "of ceiling"], rows)
+    table = format_table(
+        ["workload", "implementation", "per s", "vs transformers best (float32)", "GFLOP/s", "of ceiling"], rows
+    )
     memory = format_table(
         [
             "implementation",

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from altclip.cli import build_parser, main
+from altclip.cli import build_parser, dtype_of, main
 from altclip.tables import display_width, format_table
 from altclip.tasks import Embedder
 from altclip.tasks.collection import Collection
@@ -33,7 +33,7 @@ def test_help_lists_every_command_with_an_example():
 def test_classify_table_and_json_equal_direct_calls(capsys, altclip_checkpoint, image_folder):
     images = [str(p) for p in sorted(image_folder.glob("img*"))[:2]]
     labels = ["猫", "狗", "鸟"]
-    expected = Embedder.from_pretrained(altclip_checkpoint).classify(images, labels, lang="zh")
+    expected = Embedder.from_pretrained(altclip_checkpoint, dtype="auto").classify(images, labels, lang="zh")
     code, out, _ = run(
         capsys, "classify", *images, "--labels", *labels, "--lang", "zh", "--model", str(altclip_checkpoint), "--json"
     )
@@ -64,9 +64,10 @@ def test_similarity_json_equals_direct_calls(capsys, clip_checkpoint, image_fold
     code, out, _ = run(
         capsys, "similarity", "--image", *images, "--text", *texts, "--model", str(clip_checkpoint), "--json"
     )
-    expected = Embedder.from_pretrained(clip_checkpoint).similarity(images, texts)
+    expected = Embedder.from_pretrained(clip_checkpoint, dtype="auto")
     assert code == 0
-    np.testing.assert_allclose(json.loads(out)["cosine"], expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(json.loads(out)["cosine"], expected.similarity(images, texts).numpy(), atol=1e-6)
+    assert json.loads(out)["precision"] == expected.precision.to_dict()
 
 
 def test_embed_index_search(capsys, tmp_path, altclip_checkpoint, image_folder):
@@ -88,7 +89,7 @@ def test_embed_index_search(capsys, tmp_path, altclip_checkpoint, image_folder):
     assert code == 0 and "skipped 5:" in out and "Flat over 30 images" in out and "recall@10 1.0" in out
     code, out, _ = run(capsys, "search", str(out_dir), "--text", "一只猫", "-k", "3", "--json")
     hits = json.loads(out)
-    query = Embedder.from_pretrained(model).embed_texts(["一只猫"])[0].numpy()
+    query = Embedder.from_pretrained(model, dtype="auto").embed_texts(["一只猫"])[0].numpy()
     collection = Collection.open(out_dir)
     scores = collection.embeddings().astype(np.float32) @ query
     best = np.argsort(-scores)[:3]
@@ -107,6 +108,25 @@ def test_embed_index_search(capsys, tmp_path, altclip_checkpoint, image_folder):
     assert code == 1 and "IVF-PQ needs at least 624 vectors to train its codes, not 30" in err
     code, out, _ = run(capsys, "search", str(out_dir), "--text", "一只猫", "-k", "3", "--mmap", "--json")
     assert code == 0 and [h["path"] for h in json.loads(out)] == [collection.ok_paths()[i] for i in best]
+
+
+def test_dtype_defaults_to_auto_for_the_bulk_and_interactive_commands(capsys, clip_checkpoint, image_folder):
+    parser = build_parser()
+    image = str(next(image_folder.glob("img*")))
+    for argv in (
+        ["classify", image, "--labels", "a"],
+        ["similarity", "--image", image, "--text", "a"],
+        ["embed", "photos", "--out", "emb"],
+        ["search", "emb", "--text", "a"],
+        ["serve", "emb"],
+    ):
+        assert dtype_of(parser.parse_args(argv)) == "auto", argv
+    assert dtype_of(parser.parse_args(["eval", "retrieval", "--data", "pairs.jsonl"])) == "float32"
+    assert dtype_of(parser.parse_args(["classify", image, "--labels", "a", "--dtype", "float32"])) == "float32"
+    # what auto chose, and why, on stderr (stdout stays the result)
+    code, out, err = run(capsys, "classify", image, "--labels", "a", "b", "--model", str(clip_checkpoint), "--json")
+    choice = Embedder.from_pretrained(clip_checkpoint, dtype="auto").precision
+    assert code == 0 and json.loads(out) and f"dtype {choice.dtype} (auto: {choice.reason})" in err
 
 
 def test_errors_are_one_clear_line(capsys, tmp_path, altclip_checkpoint):

@@ -52,8 +52,9 @@ def test_embeddings_equal_direct_model_calls(request, image_folder, family, batc
 
 def test_dtype_and_device(altclip_checkpoint):
     embedder = Embedder.from_pretrained(altclip_checkpoint, dtype="bfloat16", device="cpu")
-    vectors = embedder.embed_texts(["a cat"])
-    assert vectors.dtype == torch.bfloat16 and vectors.device.type == "cpu"
+    vectors = embedder.embed_texts(["a cat"])  # matrix multiplies in bfloat16, unit vectors in float32
+    assert vectors.dtype == torch.float32 and vectors.device.type == "cpu"
+    assert embedder.model.autocast_dtype == torch.bfloat16 and embedder.precision.dtype == "bfloat16"
 
 
 def test_classify_is_a_prompt_ensemble(altclip_checkpoint, image_folder):

@@ -238,3 +238,38 @@ def test_a_batch_of_no_rows(request, family):
     assert text.shape == image.shape == (0, model.config.projection_dim)
     (text.sum() + image.sum()).backward()
     assert all(p.grad is not None and not p.grad.any() for n, p in model.named_parameters() if n != "logit_scale")
+
+
+# -- matmul_dtype: 16-bit or int8 matrix multiplies, the rest float32 -----------------------------------------
+
+
+def test_matmul_dtype_is_for_dual_encoders_with_a_float32_rest(altclip_checkpoint):
+    with pytest.raises(ValueError, match="applies to the dual encoders"):
+        altclip.AltCLIPVisionModel.from_pretrained(altclip_checkpoint, matmul_dtype="bfloat16")
+    with pytest.raises(ValueError, match="leave dtype unset"):
+        altclip.AltCLIPModel.from_pretrained(altclip_checkpoint, dtype=torch.float16, matmul_dtype="bfloat16")
+    with pytest.raises(ValueError, match="bfloat16, float16 or int8"):
+        altclip.AltCLIPModel.from_pretrained(altclip_checkpoint, matmul_dtype="int4")
+    plain = altclip.AltCLIPModel.from_pretrained(altclip_checkpoint, matmul_dtype="float32")
+    assert plain.autocast_dtype is None and plain.slice_rows is None
+
+
+@pytest.mark.parametrize("matmul_dtype", ["bfloat16", "int8"])
+def test_slices_give_what_one_pass_gives(altclip_checkpoint, matmul_dtype):
+    """On the CPU a long batch runs in slices of slice_rows token rows; each row's result is its own."""
+    model = altclip.AltCLIPModel.from_pretrained(altclip_checkpoint, matmul_dtype=matmul_dtype)
+    assert model.slice_rows == 2048
+    torch.manual_seed(0)
+    pixels = torch.randn(5, 3, 32, 32)
+    ids = torch.randint(5, 100, (7, 9))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    with torch.inference_mode():
+        model.slice_rows = None
+        whole = model.get_image_features(pixels), model.get_text_features(ids, mask)
+        model.slice_rows = 20  # 17 tokens per image: one image per pass; two texts of 9 per pass
+        assert model.items_per_pass(17, pixels.device) == 1 and model.items_per_pass(9, ids.device) == 2
+        sliced = model.get_image_features(pixels), model.get_text_features(ids, mask)
+    for a, b in zip(whole, sliced, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=0)  # 16-bit kernels may block differently
+        assert torch.nn.functional.cosine_similarity(a.float(), b.float()).min() > 0.9999

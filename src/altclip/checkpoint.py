@@ -34,6 +34,7 @@ SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_WEIGHTS = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_CANDIDATES = (SAFE_INDEX, SAFE_WEIGHTS, PICKLE_INDEX, PICKLE_WEIGHTS)
+READ_GROUP = 16  # tensors read per opening of a safetensors file (iter_weights)
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -146,13 +147,23 @@ def resolve_weights(name_or_path: str | Path, **hub: Any) -> list[Path]:
     raise CheckpointNotFoundError(f"{name_or_path} has no weights: looked for {', '.join(WEIGHT_CANDIDATES)}")
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read one weight file. Pickles go through ``torch.load(weights_only=True)`` and nothing else."""
+def iter_weights(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The (name, tensor) pairs of one weight file, read one tensor at a time, so that a caller converting each
+    one (to bfloat16, to int8) never holds the whole float32 checkpoint. Pickles go through
+    ``torch.load(weights_only=True, mmap=True)`` and nothing else."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        return load_file(path)
+        with safe_open(path, framework="pt") as weights:
+            names = list(weights.keys())
+        # safetensors maps the whole file into one storage that every tensor it gives is a view of; the file is
+        # reopened every READ_GROUP tensors so that what a caller converted stops holding the file's pages.
+        for start in range(0, len(names), READ_GROUP):
+            with safe_open(path, framework="pt") as weights:
+                for name in names[start : start + READ_GROUP]:
+                    yield name, weights.get_tensor(name)
+        return
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
@@ -165,7 +176,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a mapping of names to tensors")
-    return dict(state)
+    yield from state.items()
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read one weight file whole."""
+    return dict(iter_weights(path))
 
 
 def load_state_dict(paths: Iterable[str | Path]) -> dict[str, torch.Tensor]:
@@ -188,18 +204,25 @@ class KeyMap:
     drop: tuple[str, ...] = ()
     rename: tuple[tuple[str, str], ...] = ()
 
+    def rename_key(self, key: str) -> str | None:
+        """The module's name for a checkpoint key, or None where the key is not read."""
+        if self.keep and not any(re.search(p, key) for p in self.keep):
+            return None
+        if any(re.search(p, key) for p in self.drop):
+            logger.info("checkpoint key %s is not used and was skipped", key)
+            return None
+        for pattern, replacement in self.rename:
+            key = re.sub(pattern, replacement, key)
+        return key
+
     def apply(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for key, value in state.items():
-            if self.keep and not any(re.search(p, key) for p in self.keep):
-                continue
-            if any(re.search(p, key) for p in self.drop):
-                logger.info("checkpoint key %s is not used and was skipped", key)
-                continue
-            for pattern, replacement in self.rename:
-                key = re.sub(pattern, replacement, key)
-            out[key] = value
-        return out
+        return dict(self.stream(state.items()))
+
+    def stream(self, items: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        for key, value in items:
+            renamed = self.rename_key(key)
+            if renamed is not None:
+                yield renamed, value
 
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], what: str) -> None:

@@ -52,16 +52,26 @@ def emit(args: argparse.Namespace, data: Any, headers: Sequence[str], rows: Sequ
 # -- commands ---------------------------------------------------------------------------------------
 
 
+AUTO_DTYPE_COMMANDS = ("classify", "similarity", "embed", "search", "serve")
+
+
+def dtype_of(args: argparse.Namespace) -> str:
+    """--dtype as given, else auto for the bulk and interactive commands and float32 for the rest."""
+    return args.dtype or ("auto" if args.command in AUTO_DTYPE_COMMANDS else "float32")
+
+
 def load_embedder(args: argparse.Namespace, model: str | None = None, device: Any = None):
     from altclip.tasks import DEFAULT_MODEL, Embedder
 
-    return Embedder.from_pretrained(
+    embedder = Embedder.from_pretrained(
         model or args.model or DEFAULT_MODEL,
         device=device or args.device,
-        dtype=args.dtype,
+        dtype=dtype_of(args),
         batch_size=args.batch_size,
         backend=args.backend,
     )
+    print(f"altclip: {embedder.precision.describe()}", file=sys.stderr)  # stderr: stdout stays the result
+    return embedder
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -87,7 +97,13 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     embedder = load_embedder(args)
     cosine = embedder.similarity(args.image, args.text).float()
     probs = (embedder.logit_scale * cosine).softmax(dim=-1)
-    data = {"images": args.image, "texts": args.text, "cosine": cosine.tolist(), "probabilities": probs.tolist()}
+    data = {
+        "images": args.image,
+        "texts": args.text,
+        "cosine": cosine.tolist(),
+        "probabilities": probs.tolist(),
+        "precision": embedder.precision.to_dict(),
+    }
     rows = [
         (image, text, float(cosine[i, j]), float(probs[i, j]))
         for i, image in enumerate(args.image)
@@ -124,6 +140,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         distributed.leave()  # before the index: the others need not wait (a barrier gives up after 30 minutes)
         if rank != 0:
             return 0
+        summary["precision"] = embedder.precision.to_dict()
         if summary["embedded"] and not args.no_index:
             summary["index"] = build_index(args.out, kind=args.kind, memory=args.memory, exact_max=args.exact_max)
     except KeyboardInterrupt:
@@ -252,6 +269,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
         *((f"recall: {name}", f"{value:.1f}") for name, value in result.per_class_recall.items()),
     ]
     emit(args, result.to_dict(), ["metric", "value"], rows)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Report this machine (CPU capability, cores, GPU, torch and onnxruntime versions), whether each precision
+    and backend works here, and each one's speed on a small model within --seconds; then what --dtype auto
+    picks and what it measured against float32."""
+    from altclip.doctor import MODES, run_doctor
+
+    report = run_doctor(seconds=args.seconds, modes=tuple(args.modes or MODES), device=args.device)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+        return 0
+    machine = report["machine"]
+    cpu, gpu, versions = machine["cpu"], machine["gpu"], machine["versions"]
+    flags = " ".join(f for f, present in cpu["flags"].items() if present) or "none of " + ", ".join(cpu["flags"])
+    rows = [
+        ("CPU", f"{cpu['name']}, {cpu['cores']} cores ({cpu['threads']} torch threads)"),
+        ("CPU capability", f"{cpu['capability']} (torch); flags: {flags} (from {cpu['flags_from']})"),
+        ("GPU", "none" if gpu is None else f"{gpu['name']}, compute capability {gpu['capability']}"),
+        ("versions", ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items())),
+        ("works here", ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in report["works"].items())),
+    ]
+    print(format_table(["", ""], rows))
+    print(f"\nimage embeddings, {report['model']['vision']}, batch {report['model']['batch']}, on {report['device']}:")
+    modes = [
+        (
+            m["mode"],
+            f"{m['images_per_second']:.1f}" if m["images_per_second"] else "-",
+            f"{m['ratio_to_float32']:.2f}x" if m["ratio_to_float32"] else "-",
+            f"{m['min_cosine']:.5f}" if m["min_cosine"] is not None else "-",
+            f"{m['setup_seconds']:.1f}" if m["setup_seconds"] is not None else "-",
+            m["error"] or "",
+        )
+        for m in report["modes"]
+    ]
+    print(format_table(["mode", "images/s", "vs float32", "min cosine", "set-up s", "problem"], modes))
+    print(f"\n{report['advice']}")
     return 0
 
 
@@ -413,9 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     common.add_argument(
         "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16", "float16", "int8"],
-        help="int8: dynamic quantization of the Linear layers, CPU only",
+        choices=["auto", "float32", "bfloat16", "float16", "int8"],
+        help="auto: the fastest precision this machine computes natively (bfloat16 on CPUs with AVX512-BF16 or "
+        "AMX and on GPUs from compute capability 8.0, float16 on older GPUs, else float32; `altclip doctor` "
+        "measures it); the default for classify, similarity, embed, search and serve, float32 for eval. "
+        "bfloat16/float16: matrix multiplies in 16 bits, the rest float32. int8: int8 weights and activations "
+        "(CPU)",
     )
     common.add_argument(
         "--backend",
@@ -627,6 +685,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser(
+        "doctor",
+        help="this machine: CPU, GPU, versions, what works, and each precision's speed on a small model",
+        description=cmd_doctor.__doc__ or "",
+        epilog="example:\n  altclip doctor\n  altclip doctor --json --seconds 10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--seconds", type=float, default=20.0, help="time shared by the modes' timings (default 20)")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        help="modes to measure: float32 bfloat16 float16 int8 compile onnx onnx-int8 (default: all)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if present)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (fields in the README)")
+    p.set_defaults(run=cmd_doctor)
 
     p = sub.add_parser(
         "init",

@@ -17,13 +17,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from altclip.hardware import Precision, resolve_precision
 from altclip.image import ImageInput
 from altclip.imagefiles import Record, file_tasks, image_batches
 from altclip.models import DualEncoderModel, normalize
 from altclip.onnx_model import OnnxModel
 from altclip.processor import Processor
 from altclip.prompts import check_templates, templates_for
-from altclip.runtime import DEFAULT_MODEL, load_pretrained, text_token_limit
+from altclip.runtime import DEFAULT_MODEL, load_pretrained, resolve_device, text_token_limit
 
 
 class Embedder:
@@ -36,10 +37,17 @@ class Embedder:
 
     CLASS_CACHE_SIZE = 64
 
-    def __init__(self, model: DualEncoderModel | OnnxModel, processor: Processor, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: DualEncoderModel | OnnxModel,
+        processor: Processor,
+        batch_size: int = 32,
+        precision: Precision | None = None,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model.eval()
+        self.precision = precision or Precision("float32", "given", asked="float32")
         self.processor = processor
         self.batch_size = batch_size
         self.max_text_tokens = text_token_limit(model.config.text_config, processor.tokenizer)  # type: ignore[attr-defined]
@@ -59,13 +67,19 @@ class Embedder:
     ) -> Embedder:
         """Load the model and processor of a folder or hub name; the family comes from config.json.
 
-        ``dtype``: float32 (default), bfloat16, float16, or "int8" (dynamic quantization, CPU only).
+        ``dtype``: float32 (default, as in transformers); bfloat16 or float16 (the matrix multiplies in 16
+        bits, LayerNorm, softmax and the residual stream in float32); "int8" (int8 weights and per-token int8
+        activations, CPU only); or "auto", the fastest of these the hardware computes natively (bfloat16 on CPUs
+        with AVX512-BF16 or AMX and on CUDA GPUs from compute capability 8.0, float16 on older GPUs, else
+        float32; see ``altclip.hardware``). ``self.precision`` says what was chosen and why.
         ``backend``: "torch"; "compile", the same with both towers compiled by ``torch.compile`` (the
         first batch of each shape pays the compilation); or "onnx" for a folder written by ``altclip export
         onnx``, run in ONNX Runtime.
         """
-        model, processor = load_pretrained(name_or_path, device=device, dtype=dtype, backend=backend, **hub)
-        return cls(model, processor, batch_size)
+        device = resolve_device(device)
+        precision = resolve_precision(dtype, device, backend)
+        model, processor = load_pretrained(name_or_path, device=device, dtype=precision.dtype, backend=backend, **hub)
+        return cls(model, processor, batch_size, precision)
 
     @property
     def logit_scale(self) -> float:
@@ -97,13 +111,13 @@ class Embedder:
             features = self.model.get_text_features(input_ids.to(device), attention_mask.to(device))
             for row, i in enumerate(batch):
                 out[i] = features[row]
-        return normalize(torch.stack(out))  # type: ignore[arg-type]
+        return normalize(torch.stack(out).float())  # type: ignore[arg-type]
 
     @torch.inference_mode()
     def embed_pixels(self, pixel_values: Tensor) -> Tensor:
         """Preprocessed (batch, 3, H, W) pixels -> (batch, dim) unit vectors."""
         pixel_values = pixel_values.to(self.model.device, self.model.dtype)
-        return normalize(self.model.get_image_features(pixel_values))
+        return normalize(self.model.get_image_features(pixel_values).float())
 
     def embed_images(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
         """(len(images), dim) unit vectors; images are PIL images, arrays, tensors or file paths."""

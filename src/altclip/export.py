@@ -79,9 +79,10 @@ def _tower_program(model: DualEncoderModel, tower: str) -> tuple[nn.Module, tupl
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The exporter logs every optional operator it cannot register; keep the user's terminal clean."""
-    logger = logging.getLogger("torch.onnx")
+def _quiet(logger_name: str | None = "torch.onnx") -> Iterator[None]:
+    """The exporter logs every optional operator it cannot register, and ONNX Runtime's quantizer advises
+    pre-processing on the root logger; keep the user's terminal clean."""
+    logger = logging.getLogger(logger_name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -101,9 +102,10 @@ def quantize_graph(source: Path, target: Path) -> None:
     clean = source.with_name(f"unannotated-{source.name}")
     onnx.save(graph, str(clean), save_as_external_data=True, location=f"{clean.name}.data")
     del graph
-    quantization.quantize_dynamic(
-        clean, target, weight_type=quantization.QuantType.QInt8, use_external_data_format=True
-    )
+    with _quiet(None):
+        quantization.quantize_dynamic(
+            clean, target, weight_type=quantization.QuantType.QInt8, use_external_data_format=True
+        )
 
 
 def export_onnx(
@@ -138,7 +140,7 @@ def export_onnx(
     for tower in towers:
         module, inputs, dynamic = _tower_program(model, tower)
         names = GRAPH_NAMES[tower]
-        with tempfile.TemporaryDirectory(prefix=".export-", dir=target) as tmp, _quiet_exporter(), torch.no_grad():
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=target) as tmp, _quiet(), torch.no_grad():
             program = torch.onnx.export(
                 module,
                 inputs,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Callable
+from itertools import repeat
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -26,6 +29,7 @@ from altclip.config import (
 )
 from altclip.layers import init_normal
 from altclip.outputs import BaseModelOutputWithPooling, CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput
+from altclip.quantize import Int8Linear, quantize_weight, replace_linears
 from altclip.text import AltCLIPTextTransformer, CLIPTextTransformer
 from altclip.vision import CLIPVisionTransformer
 
@@ -51,6 +55,58 @@ def resolve_dtype(dtype: torch.dtype | str | None, file_config: dict[str, Any]) 
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch dtype such as torch.float16 or 'bfloat16', got {dtype!r}")
     return dtype
+
+
+CPU_SLICE_ROWS = 2048  # see DualEncoderModel.items_per_pass
+
+
+def resolve_matmul_dtype(
+    matmul_dtype: torch.dtype | str | None, cls: type, dtype: torch.dtype | None
+) -> torch.dtype | str | None:
+    """None, torch.bfloat16 / torch.float16, or "int8" (see ``PreTrainedModel.from_pretrained``)."""
+    if matmul_dtype in (None, "float32", torch.float32):
+        return None
+    if not issubclass(cls, DualEncoderModel):
+        raise ValueError(f"matmul_dtype applies to the dual encoders (AltCLIPModel, CLIPModel), not {cls.__name__}")
+    if dtype not in (None, torch.float32):
+        raise ValueError(f"matmul_dtype keeps the rest of the model in float32; leave dtype unset (got {dtype})")
+    if matmul_dtype == "int8":
+        return "int8"
+    resolved = getattr(torch, str(matmul_dtype).removeprefix("torch."), None)
+    if resolved not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"matmul_dtype must be bfloat16, float16 or int8, got {matmul_dtype!r}")
+    return resolved
+
+
+def weight_converter(
+    model: nn.Module, dtype: torch.dtype | None, matmuls: torch.dtype | str | None
+) -> Callable[[str, Tensor], dict[str, Tensor]]:
+    """For a model on the meta device: a function from one checkpoint tensor to the entries of the model's
+    state dict it becomes (cast, or quantized with its scale). With ``matmuls="int8"`` the model's Linears
+    are replaced by ``Int8Linear`` here."""
+    matmul_weights = {
+        f"{name}.{param}"
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | nn.Conv2d)
+        for param in ("weight", "bias")
+    }
+    if matmuls == "int8":
+        replace_linears(model)
+        int8_weights = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Int8Linear)}
+
+    def convert(key: str, tensor: Tensor) -> dict[str, Tensor]:
+        if matmuls == "int8" and key in int8_weights:
+            weight, scale = quantize_weight(tensor)
+            return {key: weight, f"{key}_scale": scale}
+        if isinstance(matmuls, torch.dtype) and key in matmul_weights:
+            return {key: tensor.to(matmuls)}
+        if tensor.is_floating_point() and dtype is not None:
+            tensor = tensor.to(dtype)
+        # a tensor kept as read is a view of the weight file's pages: with converted neighbours, copy it, or
+        # it holds every page of its group (the converted ones too) in memory (checkpoint.iter_weights)
+        return {key: tensor.clone() if matmuls is not None else tensor}
+
+    return convert
 
 
 class PreTrainedModel(nn.Module):
@@ -99,10 +155,16 @@ class PreTrainedModel(nn.Module):
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
         torch_dtype: torch.dtype | str | None = None,
+        matmul_dtype: torch.dtype | str | None = None,
     ) -> M:
         """Load a checkpoint from a local folder or a Hugging Face hub name.
 
-        ``dtype``: None gives float32, "auto" the dtype config.json names; ``torch_dtype`` is its old name.
+        ``dtype``: None gives float32, "auto" the dtype config.json names (transformers' meaning; the
+        ``Embedder``'s "auto" is the machine's choice); ``torch_dtype`` is its old name.
+        ``matmul_dtype`` (dual encoders only; the rest of the model stays float32): "bfloat16" or "float16"
+        stores the weights of every matrix multiply in 16 bits and runs them under ``torch.autocast``; "int8"
+        makes every Linear an ``Int8Linear`` (CPU). Weights are converted one tensor at a time as they are read,
+        so the float32 checkpoint is never all in memory.
         Hub names go through ``huggingface_hub`` and its cache; with ``HF_HUB_OFFLINE=1`` (or
         ``local_files_only=True``) nothing is downloaded and a model that is not cached is a clear error.
         """
@@ -115,18 +177,28 @@ class PreTrainedModel(nn.Module):
             config, DualEncoderConfig
         )
         key_map = cls.composite_key_map if from_composite and cls.composite_key_map else cls.key_map
-        state = key_map.apply(checkpoint.load_state_dict(checkpoint.resolve_weights(name_or_path, **hub)))
+        dtype = resolve_dtype(torch_dtype if dtype is None else dtype, file_config)
+        matmuls = resolve_matmul_dtype(matmul_dtype, cls, dtype)
 
         with torch.device("meta"):
             model = cls(config)  # type: ignore[call-arg]
+        convert = weight_converter(model, dtype, matmuls)
+        state: dict[str, Tensor] = {}
+        for path in checkpoint.resolve_weights(name_or_path, **hub):
+            for key, tensor in key_map.stream(checkpoint.iter_weights(path)):
+                state.update(convert(key, tensor))
         checkpoint.check_state_dict(model.state_dict(), state, f"{cls.__name__} from {name_or_path}")
         model.load_state_dict(state, strict=True, assign=True)
-        model.to(device=device, dtype=resolve_dtype(torch_dtype if dtype is None else dtype, file_config))
-        return model.eval()
+        if isinstance(model, DualEncoderModel) and matmuls is not None:
+            model.autocast_dtype = matmuls if isinstance(matmuls, torch.dtype) else None
+            model.slice_rows = CPU_SLICE_ROWS
+        return model.to(device=device).eval()
 
     def save_pretrained(self, folder: str | Path, max_shard_size: int | str = "5GB") -> Path:
         """Write ``config.json`` and ``model.safetensors`` (sharded above ``max_shard_size``) that
         transformers and altclip both load."""
+        if any(isinstance(m, Int8Linear) for m in self.modules()):
+            raise ValueError("an int8 model cannot be saved as a Hugging Face checkpoint; save the float one")
         folder = Path(folder)
         checkpoint.save_weights(self.save_key_map.apply(self.state_dict()), folder, max_shard_size)
         self.config.save_pretrained(folder)
@@ -281,6 +353,8 @@ class DualEncoderModel(PreTrainedModel):
     def __init__(self, config: DualEncoderConfig, text_model: nn.Module, text_width: int) -> None:
         super().__init__()
         self.config = config
+        self.autocast_dtype: torch.dtype | None = None  # set by from_pretrained(matmul_dtype=...)
+        self.slice_rows: int | None = None  # the same: token rows per forward pass on the CPU (items_per_pass)
         self.text_model = text_model
         self.vision_model = CLIPVisionTransformer(config.vision_config)  # type: ignore[arg-type]
         self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)  # type: ignore[attr-defined]
@@ -310,13 +384,42 @@ class DualEncoderModel(PreTrainedModel):
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
         """Projected, unnormalised text embeddings (batch, projection_dim)."""
-        pooled = self._text(input_ids, attention_mask, position_ids, token_type_ids).pooler_output
-        return self.text_projection(pooled)
+        per_pass = self.items_per_pass(input_ids.shape[1], input_ids.device)
+        if per_pass is not None and per_pass < len(input_ids):
+            inputs = (input_ids, attention_mask, position_ids, token_type_ids)
+            parts = zip(*(repeat(None) if t is None else t.split(per_pass) for t in inputs), strict=False)
+            return torch.cat([self.get_text_features(*part) for part in parts])
+        with self.autocast():
+            pooled = self._text(input_ids, attention_mask, position_ids, token_type_ids).pooler_output
+            return self.text_projection(pooled)
 
     def get_image_features(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
         """Projected, unnormalised image embeddings (batch, projection_dim)."""
-        pooled = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding).pooler_output
-        return self.visual_projection(pooled)
+        patch = self.config.vision_config.patch_size  # type: ignore[attr-defined]
+        tokens = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch) + 1
+        per_pass = self.items_per_pass(tokens, pixel_values.device)
+        if per_pass is not None and per_pass < len(pixel_values):
+            return torch.cat(
+                [self.get_image_features(p, interpolate_pos_encoding) for p in pixel_values.split(per_pass)]
+            )
+        with self.autocast():
+            pooled = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding).pooler_output
+            return self.visual_projection(pooled)
+
+    def items_per_pass(self, tokens: int, device: torch.device) -> int | None:
+        """How many texts or images of ``tokens`` tokens one forward pass takes: all of them, except with 16-bit
+        or int8 matrix multiplies on the CPU, whose rate falls beyond about 2,000 rows (bfloat16, 1024 x 4096:
+        851 GFLOP/s at 514 rows, 821 at 2,056, 569 at 8,224), so a batch runs in slices of ``slice_rows``.
+        None: one pass (and no comparison a graph exporter would have to trace)."""
+        if self.slice_rows is None or device.type != "cpu":
+            return None
+        return max(1, self.slice_rows // tokens)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Matrix multiplies in ``autocast_dtype`` where it is set, LayerNorm, softmax and sums in float32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def forward(
         self,
@@ -339,10 +442,11 @@ class DualEncoderModel(PreTrainedModel):
                 "(use get_text_features / get_image_features for one side)"
             )
         flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
-        vision_out = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **flags)
-        text_out = self._text(input_ids, attention_mask, position_ids, token_type_ids, **flags)
-        image_embeds = normalize(self.visual_projection(vision_out.pooler_output))  # (images, dim)
-        text_embeds = normalize(self.text_projection(text_out.pooler_output))  # (texts, dim)
+        with self.autocast():
+            vision_out = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **flags)
+            text_out = self._text(input_ids, attention_mask, position_ids, token_type_ids, **flags)
+            image_embeds = normalize(self.visual_projection(vision_out.pooler_output))  # (images, dim)
+            text_embeds = normalize(self.text_projection(text_out.pooler_output))  # (texts, dim)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()  # (texts, images)
         return CLIPOutput(
             loss=clip_loss(logits_per_text) if return_loss else None,

@@ -4,7 +4,8 @@
 import another. A family ("altclip" or "clip") is read from config.json and names the model and processor
 classes; a backend says how the model runs:
 
-* ``torch``: the PyTorch model, in float32, bfloat16 or float16, or ``int8`` (dynamic quantization, CPU);
+* ``torch``: the PyTorch model in float32, with its matrix multiplies in bfloat16 or float16, or in int8
+  (``Int8Linear``, CPU); "auto" picks by hardware (``altclip.hardware``);
 * ``compile``: the same with both towers through ``torch.compile``;
 * ``onnx``: a folder written by ``altclip export onnx``, run in ONNX Runtime (``OnnxModel``).
 """
@@ -19,6 +20,7 @@ import torch
 
 from altclip import checkpoint
 from altclip.config import CONFIG_NAME, AltCLIPTextConfig, CLIPTextConfig
+from altclip.hardware import resolve_precision
 from altclip.models import AltCLIPModel, CLIPModel, DualEncoderModel
 from altclip.onnx_model import OnnxModel
 from altclip.processor import AltCLIPProcessor, CLIPProcessor, Processor
@@ -71,24 +73,24 @@ def load_pretrained(
     """The model, ready for inference, and the processor of a folder or hub name, of the family its
     config.json names.
 
-    ``dtype``: float32 (default), bfloat16, float16, or "int8" (dynamic quantization, CPU only).
-    ``backend``: see the module docstring.
+    ``dtype``: float32 (default); bfloat16 or float16 (the matrix multiplies in 16 bits, the rest float32:
+    ``matmul_dtype``); "int8" (``Int8Linear``, CPU only); or "auto", the machine's choice
+    (``hardware.choose_dtype``). ``backend``: see the module docstring.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    device = resolve_device(device)
+    precision = resolve_precision(dtype, device, backend)
     model_cls, processor_cls = FAMILIES[family_of(name_or_path, **hub)]
     processor = processor_cls.from_pretrained(name_or_path, **hub)
     if backend == "onnx":
-        if dtype not in (None, "float32", torch.float32) or str(device) not in ("None", "auto", "cpu"):
+        if precision.dtype != "float32" or device.type != "cpu":
             raise ValueError(
-                f"the onnx backend runs the exported float32 graphs on the CPU (got dtype={dtype}, device={device})"
+                f"the onnx backend runs the exported float32 graphs on the CPU (got dtype={dtype}, device={device}); "
+                "for int8 in ONNX Runtime export with `altclip export onnx --quantize int8`"
             )
         return OnnxModel.from_pretrained(name_or_path), processor
-    if dtype == "int8":  # float32 weights, then int8 dynamic quantization of the Linear layers (CPU)
-        if backend == "compile":
-            raise ValueError("the compile backend takes float32, bfloat16 or float16 models, not int8")
-        from altclip.quantize import quantize_int8
-
-        return quantize_int8(model_cls.from_pretrained(name_or_path, device="cpu", **hub)), processor
-    model = model_cls.from_pretrained(name_or_path, dtype=dtype, device=resolve_device(device), **hub)
+    if precision.dtype == "int8" and device.type != "cpu":
+        raise ValueError(f"int8 runs on the CPU, not {device}; on a GPU use --dtype auto, bfloat16 or float16")
+    model = model_cls.from_pretrained(name_or_path, matmul_dtype=precision.dtype, device=device, **hub)
     return (compile_towers(model) if backend == "compile" else model), processor
