@@ -122,15 +122,15 @@ def main() -> int:
         )
     )
     if args.vit_l:
-        data["vit-l"] = vit_l(images, reference.processor)
+        data["vit-l"] = vit_l(images)
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))
     return 0
 
 
-def vit_l(images: list[str], processor) -> dict[str, dict[str, float]]:
-    """The held-out images through a random-weight ViT-L/14 image tower: float32, auto and int8."""
-    from altclip import AltCLIPConfig, AltCLIPModel
+def vit_l(images: list[str]) -> dict[str, dict[str, float]]:
+    """The held-out images through a random-weight ViT-L/14 image tower at 224 px: float32, auto and int8."""
+    from altclip import AltCLIPConfig, AltCLIPModel, CLIPImageProcessor
     from altclip.hardware import choose_dtype
 
     auto = choose_dtype(torch.device("cpu")).dtype
@@ -140,7 +140,7 @@ def vit_l(images: list[str], processor) -> dict[str, dict[str, float]]:
         "projection_dim": 768,
     }
     config["vision_config"] |= {"num_attention_heads": 16, "patch_size": 14, "image_size": 224}
-    pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    pixels = CLIPImageProcessor()(images, return_tensors="pt")["pixel_values"]  # (images, 3, 224, 224)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="altclip-vit-l-") as tmp:
         torch.manual_seed(0)

@@ -98,13 +98,13 @@ def weight_converter(
         if matmuls == "int8" and key in int8_weights:
             weight, scale = quantize_weight(tensor)
             return {key: weight, f"{key}_scale": scale}
+        # A tensor kept as read is a view of the weight file's pages. Beside converted neighbours it is copied,
+        # or it would hold every page of its group (the converted ones too) in memory (checkpoint.iter_weights).
+        copy = matmuls is not None
         if isinstance(matmuls, torch.dtype) and key in matmul_weights:
-            return {key: tensor.to(matmuls)}
-        if tensor.is_floating_point() and dtype is not None:
-            tensor = tensor.to(dtype)
-        # a tensor kept as read is a view of the weight file's pages: with converted neighbours, copy it, or
-        # it holds every page of its group (the converted ones too) in memory (checkpoint.iter_weights)
-        return {key: tensor.clone() if matmuls is not None else tensor}
+            return {key: tensor.to(matmuls, copy=copy)}
+        target = dtype if tensor.is_floating_point() and dtype is not None else tensor.dtype
+        return {key: tensor.to(target, copy=copy)}
 
     return convert
 
