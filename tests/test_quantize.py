@@ -63,8 +63,30 @@ def test_eager_fallback_where_compile_fails(monkeypatch):
 
     monkeypatch.setattr(quantize, "_kernel", None)
     monkeypatch.setattr(torch, "compile", broken)
-    assert quantize.kernel() is int8_linear
-    monkeypatch.setattr(quantize, "_kernel", None)  # the next test compiles for itself
+    assert quantize.kernel() == (int8_linear, True)
+    monkeypatch.setattr(quantize, "_kernel", None)  # the next test chooses for itself
+
+
+def test_float_products_where_int_mm_is_not_exact(monkeypatch):
+    """oneDNN without VNNI sums int8 pairs into saturating int16: caught once, then multiplied in float32."""
+    real_int_mm = torch._int_mm
+
+    def saturating(a, b):
+        return real_int_mm(a, b).clamp(-(2**15), 2**15 - 1)
+
+    monkeypatch.setattr(quantize, "_kernel", None)
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    assert not quantize.int_mm_is_exact()
+    matmul, int_mm = quantize.kernel()
+    assert not int_mm
+    torch.manual_seed(0)
+    linear = nn.Linear(300, 11)
+    x = torch.randn(5, 300) * 3
+    weight, scale = quantize_weight(linear.weight.detach())
+    ours = matmul(x, weight, scale[None], linear.bias)
+    torch.testing.assert_close(ours, naive_int8_linear(x, linear.weight.detach(), linear.bias), atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(int8_linear(x, weight, scale[None], linear.bias), ours, atol=1e-2)  # saturated
+    monkeypatch.setattr(quantize, "_kernel", None)
 
 
 def test_int8_embeddings_stay_close_to_float32(altclip_checkpoint, image_folder):

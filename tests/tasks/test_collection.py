@@ -144,7 +144,7 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, slow_chec
     embed_collection(
         images,
         reference,
-        Embedder.from_pretrained(slow_checkpoint, batch_size=4),
+        Embedder.from_pretrained(slow_checkpoint, batch_size=4, dtype="auto"),  # as the command runs it
         str(slow_checkpoint),
         workers=1,
         shard_size=10,
