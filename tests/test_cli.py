@@ -24,7 +24,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_help_lists_every_command_with_an_example():
     result = subprocess.run([sys.executable, "-m", "altclip.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for command in ("classify", "similarity", "embed", "index", "search", "serve"):
+    for command in ("classify", "similarity", "embed", "index", "search", "serve", "doctor"):
         assert command in result.stdout and f"altclip {command}" in result.stdout
         sub = build_parser()._subparsers._group_actions[0].choices[command]
         assert f"altclip {command}" in sub.format_help()

@@ -27,6 +27,7 @@ examples:
   altclip demo --out altclip-demo
   altclip export onnx --model BAAI/AltCLIP --out altclip-onnx
   altclip classify cat.jpg --labels cat dog --model altclip-onnx --backend onnx
+  altclip doctor                # this machine, and which precision is fastest on it
   altclip eval retrieval --data flickr30k-cn.jsonl --report report/
   altclip eval zeroshot --data imagenet-val --classnames names_zh.txt --lang zh
   altclip init --clip openai/clip-vit-large-patch14 --text FacebookAI/xlm-roberta-large --out student
