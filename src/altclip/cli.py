@@ -293,7 +293,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         ("versions", ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items())),
         ("works here", ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in report["works"].items())),
     ]
-    print(format_table(["", ""], rows))
+    print(format_table(["machine", "this one"], rows))
     print(f"\nimage embeddings, {report['model']['vision']}, batch {report['model']['batch']}, on {report['device']}:")
     modes = [
         (
