@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from speed import SIZES
 
 from altclip.export import export_onnx
 from altclip.hardware import detect_cpu
@@ -134,12 +135,11 @@ def vit_l(images: list[str]) -> dict[str, dict[str, float]]:
     from altclip.hardware import choose_dtype
 
     auto = choose_dtype(torch.device("cpu")).dtype
-    config = {
-        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24},
+    config = {  # BAAI/AltCLIP's image tower (speed.py's "real" size) beside a token text tower
+        "vision_config": SIZES["real"]["vision_config"],
         "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "project_dim": 64},
         "projection_dim": 768,
     }
-    config["vision_config"] |= {"num_attention_heads": 16, "patch_size": 14, "image_size": 224}
     pixels = CLIPImageProcessor()(images, return_tensors="pt")["pixel_values"]  # (images, 3, 224, 224)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="altclip-vit-l-") as tmp:

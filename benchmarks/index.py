@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from altclip.hardware import detect_cpu
 from altclip.tasks.collection import Collection, write_vectors
 from altclip.tasks.index import SearchIndex, exact_search, gather
-from serve import cpu_name
 
 DIM, SHARD, TOPICS, GROUP = 768, 100_000, 1000, 5
 
@@ -106,7 +105,7 @@ def main() -> None:
                 "recall@10_noisy_queries": recall,
             }
     report = {
-        "cpu": cpu_name(),
+        "cpu": detect_cpu().describe(),
         "count": args.count,
         "dim": DIM,
         "memory_budget": args.memory,

@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import platform
 import random
 import socket
 import subprocess
@@ -43,27 +41,11 @@ from speed import SIZES, mixed_workload  # benchmarks/speed.py
 
 import altclip
 from altclip.embedding import Embedder
+from altclip.hardware import detect_cpu
 from altclip.tables import format_table
 from altclip.tasks.collection import embed_collection
 from altclip.tasks.index import build_index
 from altclip.tokenization import train_sentencepiece
-
-
-def cpu_name() -> str:
-    """The CPU model and the instruction sets that decide CPU speed, as this benchmark saw them."""
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"]
-    features = " ".join(f for f in wanted if f in flags)
-    capability = torch.backends.cpu.get_cpu_capability()
-    return f"{model}, {os.cpu_count()} cores, {features or 'no AVX2'} (torch: {capability})"
 
 
 def free_port() -> int:
@@ -315,7 +297,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
     queries = mixed_workload(3000)
-    results: dict[str, Any] = {"cpu": cpu_name(), "size": args.size, "torch": torch.__version__}
+    results: dict[str, Any] = {"cpu": detect_cpu().describe(), "size": args.size, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print("making photos ...", file=sys.stderr, flush=True)

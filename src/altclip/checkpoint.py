@@ -180,7 +180,11 @@ def iter_weights(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read one weight file whole."""
+    """Read one weight file whole (safetensors in one opening; pickles as ``iter_weights`` reads them)."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
     return dict(iter_weights(path))
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from altclip.config import AltCLIPConfig
-from altclip.hardware import choose_dtype, detect_cpu, detect_gpu
+from altclip.hardware import CPU, choose_dtype, detect_cpu, detect_gpu
 from altclip.models import AltCLIPModel, normalize
 from altclip.runtime import compile_towers, resolve_device
 
@@ -82,8 +82,8 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def machine_facts() -> dict[str, Any]:
-    cpu, gpu = detect_cpu(), detect_gpu()
+def machine_facts(cpu: CPU) -> dict[str, Any]:
+    gpu = detect_gpu()
     return {
         "cpu": {
             "name": cpu.name,
@@ -193,12 +193,13 @@ def run_doctor(
     for result in results:
         if result.images_per_second and base:
             result.ratio_to_float32 = result.images_per_second / base
-    choice = choose_dtype(device)
+    cpu = detect_cpu()
+    choice = choose_dtype(device, cpu=cpu)
     picked = next((r for r in results if r.mode == choice.dtype), None)
     auto = {**choice.to_dict(), "ratio_to_float32": picked.ratio_to_float32 if picked else None}
     fastest = max((r for r in results if r.works and r.images_per_second), key=lambda r: r.images_per_second or 0)
     return {
-        "machine": machine_facts(),
+        "machine": machine_facts(cpu),
         "device": str(device),
         "model": {"vision": "ViT-B/32 width, 6 layers, random weights", "batch": BATCH, "seconds": seconds},
         "modes": [asdict(r) for r in results],

@@ -84,27 +84,29 @@ def weight_converter(
     """For a model on the meta device: a function from one checkpoint tensor to the entries of the model's
     state dict it becomes (cast, or quantized with its scale). With ``matmuls="int8"`` the model's Linears
     are replaced by ``Int8Linear`` here."""
-    matmul_weights = {
-        f"{name}.{param}"
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear | nn.Conv2d)
-        for param in ("weight", "bias")
-    }
     if matmuls == "int8":
         replace_linears(model)
-        int8_weights = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Int8Linear)}
+        converted = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Int8Linear)}
+    elif matmuls is not None:
+        converted = {
+            f"{name}.{param}"
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear | nn.Conv2d)
+            for param in ("weight", "bias")
+        }
+    else:
+        converted = set()
 
     def convert(key: str, tensor: Tensor) -> dict[str, Tensor]:
-        if matmuls == "int8" and key in int8_weights:
+        if key in converted and matmuls == "int8":
             weight, scale = quantize_weight(tensor)
             return {key: weight, f"{key}_scale": scale}
+        if key in converted:
+            return {key: tensor.to(matmuls, copy=True)}  # type: ignore[arg-type]
         # A tensor kept as read is a view of the weight file's pages. Beside converted neighbours it is copied,
         # or it would hold every page of its group (the converted ones too) in memory (checkpoint.iter_weights).
-        copy = matmuls is not None
-        if isinstance(matmuls, torch.dtype) and key in matmul_weights:
-            return {key: tensor.to(matmuls, copy=copy)}
         target = dtype if tensor.is_floating_point() and dtype is not None else tensor.dtype
-        return {key: tensor.to(target, copy=copy)}
+        return {key: tensor.to(target, copy=matmuls is not None)}
 
     return convert
 
