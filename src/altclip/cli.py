@@ -229,16 +229,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    embedder = load_embedder(args)
     name = args.model or "BAAI/AltCLIP"
     if args.task == "retrieval":
+        from altclip.evaluate.benchmarks import published_for, read_retrieval_set
         from altclip.evaluate.report import ReportRow, paper_table, write_report
-        from altclip.evaluate.retrieval import evaluate_pairs
+        from altclip.evaluate.retrieval import evaluate_set
 
-        scores, skipped = evaluate_pairs(
-            embedder, args.data, chunk=args.chunk, workers=args.workers, progress=not args.json
-        )
-        rows = [ReportRow(lang, args.method or Path(name).name, s) for lang, s in scores.items()]
+        if bool(args.data) == bool(args.data_option):
+            raise ValueError("give the data once: as DATA or as --data")
+        args.data = args.data or args.data_option
+        data = read_retrieval_set(args.data, args.format, args.images, args.split, args.langs)
+        published = published_for(args.data, args.format, args.benchmark)
+        embedder = load_embedder(args)  # after the data, so a bad layout fails before a model loads
+        scores, skipped = evaluate_set(embedder, data, chunk=args.chunk, workers=args.workers, progress=not args.json)
+        method = args.method or Path(name).name
+        rows = [ReportRow(lang, method, s, published.get(lang)) for lang, s in scores.items()]
         if args.report:
             write_report(rows, args.report, title=f"{Path(args.data).name}: {name}")
         if args.json:
@@ -253,6 +258,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     classes, _ = read_image_folder(args.data)
     names = read_classnames(args.classnames, classes)
+    embedder = load_embedder(args)
     result = evaluate_zeroshot(
         embedder,
         args.data,
@@ -332,6 +338,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "results": [r.to_dict() for r in result["rows"]],
+                    "zeroshot_flags": [r.to_dict() for r in result["flags"]],
                     "model": str(result["model"]),
                     "seconds": result["seconds"],
                 },
@@ -464,6 +471,8 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from altclip.evaluate.benchmarks import FORMATS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="hub name or local folder (default BAAI/AltCLIP)")
     common.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
@@ -633,11 +642,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="image-text retrieval R@1/5/10 both ways and MR, per language",
         description="Image-to-text and text-to-image recall@1/5/10 and their mean (MR) per "
-        "language, on a pairs file (JSONL or CSV: image, caption, lang) with any "
-        "number of captions per image, computed in bounded memory.",
-        epilog="example:\n  altclip eval retrieval --data flickr30k-test.jsonl --report report/",
+        "language, computed in bounded memory, on a pairs file (JSONL or CSV: image, caption, lang; any "
+        "number of captions per image) or a public benchmark in its published layout (--format). Where "
+        "BAAI/AltCLIP's published MR is known for the set (Flickr30k), the table prints it beside ours.",
+        epilog="examples:\n"
+        "  altclip eval retrieval flickr30k-test.jsonl --report report/\n"
+        "  altclip eval retrieval --format xtd10 XTD10/ --images coco/train2014 --langs en zh ja\n"
+        "  altclip eval retrieval --format xm3600 crossmodal3600/\n"
+        "  altclip eval retrieval --format multi30k multi30k-dataset/ --images flickr30k-images\n"
+        "  altclip eval retrieval --format cn-clip datasets/Flickr30k-CN --split test",
     )
-    p.add_argument("--data", required=True)
+    p.add_argument("data", nargs="?", help="the pairs file or the benchmark's folder")
+    p.add_argument("--data", dest="data_option", metavar="DATA", help="the same, as an option")
+    p.add_argument("--format", choices=FORMATS, help="the data's layout (default: guessed from DATA)")
+    p.add_argument("--images", help="where the benchmark's image files are (default: DATA/images)")
+    p.add_argument("--split", default="test", help="cn-clip: the split to read (test, valid, train)")
+    p.add_argument("--langs", nargs="+", metavar="LANG", help="evaluate only these languages")
+    p.add_argument("--benchmark", help="whose published numbers to print beside ours (flickr30k; default: guessed)")
     p.add_argument("--method", help="the model's name in the table (default: the model's folder name)")
     p.add_argument("--chunk", type=int, default=4096, help="similarity block size (memory bound)")
     p.add_argument("--report", help="folder for report.json, report.txt and report.png")

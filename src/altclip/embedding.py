@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from altclip.hardware import Precision, resolve_precision
 from altclip.image import ImageInput
-from altclip.imagefiles import Record, file_tasks, image_batches
+from altclip.imagefiles import ImageSource, Record, file_tasks, image_batches
 from altclip.models import DualEncoderModel, normalize
 from altclip.onnx_model import OnnxModel
 from altclip.processor import Processor
@@ -131,10 +131,11 @@ class Embedder:
         return torch.cat(chunks)
 
     def embed_files(
-        self, paths: list[str], workers: int = 2, progress: bool = True, draft: bool = False
+        self, paths: Sequence[ImageSource], workers: int = 2, progress: bool = True, draft: bool = False
     ) -> tuple[Tensor, list[Record]]:
-        """Image files decoded in ``workers`` processes: the unit vectors of the readable ones, in order, as
-        float32 on the CPU, and a ``Record`` (status, size, error) per file. Unreadable files are skipped."""
+        """Image files (or images inside other files) decoded in ``workers`` processes: the unit vectors of the
+        readable ones, in order, as float32 on the CPU, and a ``Record`` (status, size, error) per file.
+        Unreadable files are skipped."""
         vectors: list[np.ndarray] = []
         records: list[Record] = []
         processor = self.processor.image_processor

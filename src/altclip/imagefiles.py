@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -21,7 +22,18 @@ from altclip.shards import TarMember
 DRAFT_FACTOR = 2  # draft decoding keeps at least twice the resize target: see benchmarks/folder.py
 
 
-ImageSource = str | TarMember  # a file, or a member of a tar shard
+class ByteSource(Protocol):
+    """An image inside another file (a tar shard's member, a TSV row's base64): named by ``path`` in errors,
+    its encoded bytes from ``read()``, which raises OSError or ValueError when they cannot be had. It must
+    pickle, since workers read it."""
+
+    @property
+    def path(self) -> str: ...
+
+    def read(self) -> bytes: ...
+
+
+ImageSource = str | TarMember | ByteSource  # a file, or an image inside another file
 Task = tuple[int, int, ImageSource]  # (unit, position in the unit, source): what a worker is asked to read
 
 
@@ -64,17 +76,17 @@ class ImageFiles(Dataset):
 def preprocess_source(
     processor: CLIPImageProcessor, source: ImageSource, draft_min_side: int | None = None
 ) -> tuple[np.ndarray, int, int]:
-    """``preprocess_file`` of a file or of a tar member's bytes (named by its path in errors)."""
-    if isinstance(source, TarMember):
+    """``preprocess_file`` of a file or of an embedded image's bytes (named by its path in errors)."""
+    if not isinstance(source, str):
         return processor.preprocess_file(read_member(source), draft_min_side, name=source.path)
     return processor.preprocess_file(source, draft_min_side)
 
 
-def read_member(member: TarMember) -> bytes:
-    """A member's bytes; a shard that cannot be read is the image's failure, as a missing file would be."""
+def read_member(member: ByteSource) -> bytes:
+    """A member's bytes; a file that cannot be read is the image's failure, as a missing file would be."""
     try:
         return member.read()
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise ImageLoadError(member.path, "unreadable", str(err)) from err
 
 
@@ -116,7 +128,7 @@ def image_batches(
     yield from loader
 
 
-def file_tasks(paths: list[str], batch_size: int) -> list[list[Task]]:
+def file_tasks(paths: Sequence[ImageSource], batch_size: int) -> list[list[Task]]:
     """Batches of tasks reading ``paths`` in order."""
     return [
         [(0, i, paths[i]) for i in range(start, min(start + batch_size, len(paths)))]

@@ -280,9 +280,12 @@ def read_sentencepiece(path: str | Path) -> tuple[list[tuple[str, float]], bytes
     return pieces, proto.normalizer_spec.precompiled_charsmap or None
 
 
-def train_sentencepiece(sentences: Iterable[str], path: str | Path, vocab_size: int = 8000) -> Path:
+def train_sentencepiece(
+    sentences: Iterable[str], path: str | Path, vocab_size: int = 8000, character_coverage: float = 0.9995
+) -> Path:
     """Train a unigram sentencepiece model in XLM-R's layout (unk=0, bos=1, eos=2, no pad) on ``sentences``
-    and write it to ``path`` (e.g. ``folder/sentencepiece.bpe.model``); ``vocab_size`` is an upper bound."""
+    and write it to ``path`` (e.g. ``folder/sentencepiece.bpe.model``); ``vocab_size`` is an upper bound;
+    ``character_coverage``: the share of characters kept (the rarest of the rest become unk)."""
     import sentencepiece
 
     path = Path(path)
@@ -298,7 +301,7 @@ def train_sentencepiece(sentences: Iterable[str], path: str | Path, vocab_size: 
         bos_id=1,
         eos_id=2,
         pad_id=-1,
-        character_coverage=0.9995,
+        character_coverage=character_coverage,
         minloglevel=2,
         num_threads=2,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -46,3 +47,16 @@ def test_a_missing_font_says_what_to_install(monkeypatch, tmp_path):
         find_font()
     with pytest.raises(FileNotFoundError, match="no such font file"):
         find_font(tmp_path / "absent.ttf")
+
+
+def test_a_validation_split_leaves_the_test_emoji_out(small_set, tmp_path):
+    validation = build(tmp_path / "validation", limit=60, progress=False, holdout="validation")
+    assert set(validation.train) | set(validation.test) == set(small_set.train)  # all from the training emoji
+    assert not set(validation.train) & set(validation.test) and len(validation.test) >= 5
+    assert not any(Path(validation.image(c)).exists() for c in small_set.test)  # not even drawn to disk
+    written = (validation.folder / "pairs.jsonl").read_text() + (validation.folder / "test.jsonl").read_text()
+    assert not any(validation.image_name(c) in written for c in small_set.test)
+    with pytest.raises(ValueError, match="holds a validation split, not a test one"):
+        build(validation.folder, progress=False)
+    with pytest.raises(ValueError, match="holdout must be one of"):
+        build(tmp_path / "other", holdout="train")

@@ -3,7 +3,8 @@
 Each fully-qualified emoji the font draws becomes one small PNG. Its names (English, Chinese, Japanese,
 Korean, Arabic, Russian, French, German, Spanish, Italian, Portuguese, Persian, Indonesian, Turkish) are
 its captions. Emoji, not captions, are split into train and test with a fixed seed, so no test image or
-any of its names is seen in training.
+any of its names is seen in training. For tuning, ``holdout="validation"`` carves a validation split out of the
+training emoji and leaves the test emoji out altogether, so choices are made without looking at the test set.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ FONT_HELP = (
     "google-noto-emoji-color-fonts`; Arch: `sudo pacman -S noto-fonts-emoji`; or download NotoColorEmoji.ttf "
     "from github.com/googlefonts/noto-emoji) and pass its path with --font if it is elsewhere"
 )
+HOLDOUTS = ("test", "validation")
 BITMAP_SIZE = 109  # the one size Noto's colour bitmaps come in
 
 
@@ -113,17 +115,25 @@ def build(
     seed: int = 0,
     limit: int | None = None,
     progress: bool = True,
+    holdout: str = "test",
 ) -> EmojiSet:
     """Render the images and write the data files (reused when ``folder`` already holds them).
+
+    ``holdout``: "test" holds out ``test_fraction`` of the emoji; "validation" drops those test emoji and holds
+    out ``test_fraction`` of the remaining training emoji instead (the returned ``test`` is then that split).
 
     Files: ``images/*.png``; ``teacher_pairs.jsonl`` (train images, English names), ``parallel.tsv`` (train
     names, English -> each other language), ``pairs.jsonl`` (train images, names in every language) and
     ``test.jsonl`` (test images, names in every language).
     """
     folder = Path(folder).resolve()
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {HOLDOUTS}, not {holdout!r}")
     done = folder / "split.json"
     if done.is_file():
         split = json.loads(done.read_text(encoding="utf-8"))
+        if split.get("holdout", "test") != holdout:
+            raise ValueError(f"{folder} holds a {split.get('holdout', 'test')} split, not a {holdout} one")
         return EmojiSet(folder, split["train"], split["test"], split["names"])
     font_path = find_font(font)
     typeface = ImageFont.truetype(str(font_path), BITMAP_SIZE)
@@ -143,7 +153,12 @@ def build(
     order = sorted(drawn)
     random.Random(seed).shuffle(order)
     cut = int(len(order) * test_fraction)
-    data = EmojiSet(folder, sorted(order[cut:]), sorted(order[:cut]), {c: names[c] for c in drawn})
+    if holdout == "validation":  # the test emoji leave; the validation emoji come out of training
+        for char in order[:cut]:
+            Path(staging.image(char)).unlink()
+        order = order[cut:]
+        cut = int(len(order) * test_fraction)
+    data = EmojiSet(folder, sorted(order[cut:]), sorted(order[:cut]), {c: names[c] for c in order})
     _write_files(data)
     split = {
         "train": data.train,
@@ -152,6 +167,7 @@ def build(
         "font": str(font_path),
         "size": size,
         "seed": seed,
+        "holdout": holdout,
     }
     checkpoint.atomic_write_bytes(done, json.dumps(split, ensure_ascii=False).encode("utf-8"))
     return data

@@ -5,8 +5,9 @@
 3. Student: ``altclip init`` from the teacher and a fresh XLM-R-style text tower with a multilingual
    sentencepiece tokenizer (XLM-R's layout), then phase 1 (distillation on the parallel names) and phase 2
    (contrastive on the multilingual pairs, image tower frozen): the same code as real training.
-4. Evaluation on the held-out emoji: retrieval recall per language for the teacher and the student,
-   printed like the paper's table and saved as JSON and PNG.
+4. Evaluation: retrieval recall on the held-out emoji per language for the teacher and the student,
+   printed like the paper's table and saved as JSON and PNG; and zero-shot classification of the flag emoji
+   among all flags by their CLDR country names, per language (``demo.flags``).
 
 Every stage writes its result into the work folder; running again reuses finished stages.
 """
@@ -14,6 +15,7 @@ Every stage writes its result into the work folder; running again reuses finishe
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 from altclip import checkpoint
 from altclip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from altclip.demo.data import LANGUAGES, EmojiSet, build
+from altclip.demo.flags import FlagRow, evaluate_flags, flags_table, write_flags_report
 from altclip.embedding import Embedder
 from altclip.evaluate.report import ReportRow, paper_table, write_report
 from altclip.evaluate.retrieval import evaluate_pairs
@@ -50,8 +53,16 @@ class DemoConfig:
     teacher_epochs: int = 10
     distill_epochs: int = 1
     contrastive_epochs: int = 1
+    vocab_size: int = 8000
+    character_coverage: float = 0.9995
+    teacher_lr: float = 1e-3
+    distill_lr: float = 1e-3
+    contrastive_lr: float = 2e-4
+    contrastive_logit_scale: float | None = None  # phase 2 starts from this scale (None: the teacher's, copied)
     batch_size: int = 128
     seed: int = 0
+    holdout: str = "test"  # "validation": tune on a split of the training emoji, the test emoji left out
+    data: Path | None = None  # the data folder (default: out/data), to share one rendering between runs
     limit: int | None = None  # emoji drawn (None: all); small values make a quick smoke run
     workers: int = 2
     device: str = "auto"
@@ -135,7 +146,7 @@ def make_teacher(config: DemoConfig, data: EmojiSet) -> Path:
     CLIPProcessor(image_processor, tokenizer).save_pretrained(init)
     phase = contrastive_phase(init, data.folder / "teacher_pairs.jsonl", freeze_vision=False)
     say(config, f"teacher: CLIP, {phase.model.num_parameters():,} parameters, {len(data.train)} English pairs")
-    return _train(config, phase, run, config.teacher_epochs, lr=1e-3, warmup=50)
+    return _train(config, phase, run, config.teacher_epochs, lr=config.teacher_lr, warmup=50)
 
 
 def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
@@ -145,7 +156,7 @@ def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
         return folder
     xlmr = config.out / "xlmr-init"
     sentences = [name for c in data.train for name in data.names[c].values()]
-    spm = train_sentencepiece(sentences, xlmr / "sentencepiece.bpe.model")
+    spm = train_sentencepiece(sentences, xlmr / "sentencepiece.bpe.model", config.vocab_size, config.character_coverage)
     tokenizer = XLMRobertaTokenizer.from_sentencepiece(spm, model_max_length=64)
     tokenizer.save_pretrained(xlmr)
     xlmr_config = {
@@ -170,26 +181,30 @@ def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
     return folder
 
 
-def evaluate(config: DemoConfig, data: EmojiSet, models: dict[str, Path]) -> list[ReportRow]:
-    """Retrieval on the held-out emoji, per language, for each model."""
-    results = {}
-    for method, folder in models.items():
-        embedder = Embedder.from_pretrained(folder, device=config.device, batch_size=256)
-        results[method], _ = evaluate_pairs(embedder, data.folder / "test.jsonl", workers=0, progress=False)
-    return [ReportRow(LANGUAGES[lang], method, results[method][lang]) for lang in LANGUAGES for method in models]
+def evaluate(config: DemoConfig, data: EmojiSet, models: dict[str, Path]) -> tuple[list[ReportRow], list[FlagRow]]:
+    """Retrieval on the held-out emoji and zero-shot flag classification, per language, for each model."""
+    embedders = {m: Embedder.from_pretrained(f, device=config.device, batch_size=256) for m, f in models.items()}
+    results = {
+        method: evaluate_pairs(embedder, data.folder / "test.jsonl", workers=0, progress=False)[0]
+        for method, embedder in embedders.items()
+    }
+    retrieval = [ReportRow(LANGUAGES[lang], method, results[method][lang]) for lang in LANGUAGES for method in models]
+    return retrieval, evaluate_flags(embedders, data)
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     config.out.mkdir(parents=True, exist_ok=True)
-    say(config, f"[1/5] data: Noto Color Emoji + CLDR names in {len(LANGUAGES)} languages -> {config.out / 'data'}")
+    data_folder = config.data or config.out / "data"
+    say(config, f"[1/5] data: Noto Color Emoji + CLDR names in {len(LANGUAGES)} languages -> {data_folder}")
     data = build(
-        config.out / "data",
+        data_folder,
         font=config.font,
         size=config.image_size,
         seed=config.seed,
         limit=config.limit,
         progress=config.progress,
+        holdout=config.holdout,
     )
     say(config, f"      {len(data.train)} training emoji, {len(data.test)} held-out emoji")
     say(config, "[2/5] teacher: a small CLIP trained on the English names")
@@ -200,27 +215,41 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     distilled = config.out / "distill" / "model"
     if not _stage_done(distilled):
         phase = distillation_phase(teacher, student, data.folder / "parallel.tsv")
-        distilled = _train(config, phase, config.out / "distill", config.distill_epochs, lr=1e-3, warmup=50)
+        distilled = _train(
+            config, phase, config.out / "distill", config.distill_epochs, lr=config.distill_lr, warmup=50
+        )
     altclip_model = config.out / "contrastive" / "model"
     if not _stage_done(altclip_model):
         phase = contrastive_phase(distilled, data.folder / "pairs.jsonl")
-        altclip_model = _train(config, phase, config.out / "contrastive", config.contrastive_epochs, lr=2e-4, warmup=20)
-    say(config, "[5/5] evaluation on the held-out emoji (retrieval among them, per language)")
-    rows = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})
+        if config.contrastive_logit_scale:
+            with torch.no_grad():
+                phase.model.logit_scale.fill_(math.log(config.contrastive_logit_scale))
+        altclip_model = _train(
+            config, phase, config.out / "contrastive", config.contrastive_epochs, lr=config.contrastive_lr, warmup=20
+        )
+    say(config, "[5/5] evaluation: retrieval among the held-out emoji; zero-shot flags by CLDR country names")
+    rows, flags = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})
     paths = write_report(rows, config.out / "report", title="held-out emoji: CLIP teacher vs AltCLIP student")
+    if flags:
+        paths.update({f"zeroshot_{k}": v for k, v in write_flags_report(flags, config.out / "report").items()})
     return {
         "rows": rows,
+        "flags": flags,
         "report": paths,
         "model": altclip_model,
         "teacher": teacher,
+        "distilled": distilled,
         "data": data,
         "seconds": time.perf_counter() - started,
     }
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    print()
+    print("\nretrieval among the held-out emoji (recall %, MR = mean of the six)")
     print(paper_table(result["rows"]))
+    if result["flags"]:
+        print("\nzero-shot: each flag among all flags by CLDR country name, in templates per language (accuracy %)")
+        print(flags_table(result["flags"]))
     print(f"\nreport: {result['report']['text']}, {result['report']['json']}, {result['report']['chart']}")
     model, data = result["model"], result["data"]
     example = data.image(data.test[0])

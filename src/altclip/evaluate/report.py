@@ -15,11 +15,15 @@ from altclip.tables import format_table
 HEADERS = ["Language", "Method", *(f"T2I R@{k}" for k in KS), *(f"I2T R@{k}" for k in KS), "MR"]
 
 
+PUBLISHED_HEADER = "BAAI/AltCLIP MR (published)"
+
+
 @dataclass
 class ReportRow:
     language: str
     method: str
     scores: RetrievalScores
+    published: float | None = None  # the released model's published MR on this set and language, if known
 
     def cells(self) -> list[Any]:
         s = self.scores
@@ -32,12 +36,17 @@ class ReportRow:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"language": self.language, "method": self.method, **self.scores.to_dict()}
+        published = {} if self.published is None else {"published_MR": self.published}
+        return {"language": self.language, "method": self.method, **self.scores.to_dict(), **published}
 
 
 def paper_table(rows: Sequence[ReportRow]) -> str:
-    """Language | Method | T2I R@1 R@5 R@10 | I2T R@1 R@5 R@10 | MR, recalls in percent."""
-    return format_table(HEADERS, [row.cells() for row in rows])
+    """Language | Method | T2I R@1 R@5 R@10 | I2T R@1 R@5 R@10 | MR, recalls in percent; and the published MR
+    of BAAI/AltCLIP beside ours when any row has one."""
+    if all(row.published is None for row in rows):
+        return format_table(HEADERS, [row.cells() for row in rows])
+    cells = [[*row.cells(), "-" if row.published is None else f"{row.published:.1f}"] for row in rows]
+    return format_table([*HEADERS, PUBLISHED_HEADER], cells)
 
 
 def write_report(rows: Sequence[ReportRow], folder: str | Path, title: str = "retrieval") -> dict[str, Path]:

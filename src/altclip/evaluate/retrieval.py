@@ -10,6 +10,7 @@ candidates that score higher than the right one (by more than ``TIE``). Similari
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from altclip.datafiles import read_pairs
 from altclip.embedding import Embedder
+from altclip.evaluate.benchmarks import RetrievalSet, read_pairs_set
 
 KS = (1, 5, 10)
 # The right answer's score is computed once, element-wise; the same pair inside a block product can come
@@ -58,17 +59,38 @@ def _count_higher(queries: Tensor, keys: Tensor, positive: Tensor, chunk: int) -
     return higher
 
 
+Owners = Tensor | Sequence[int | Sequence[int]]  # each caption's image row, or its image rows
+
+
+def _pairs(owners: Owners) -> tuple[Tensor, Tensor]:
+    """(caption, image) rows of every right pair: one per caption, or several where a caption has several."""
+    if isinstance(owners, Tensor):
+        owners = owners.long().cpu()
+        return torch.arange(owners.shape[0]), owners
+    captions, images = [], []
+    for m, owner in enumerate(owners):
+        for image in [owner] if isinstance(owner, int) else owner:
+            captions.append(m)
+            images.append(image)
+    return torch.tensor(captions, dtype=torch.long), torch.tensor(images, dtype=torch.long)
+
+
 def recall_at_k(
-    images: Tensor, texts: Tensor, text_to_image: Tensor, ks: tuple[int, ...] = KS, chunk: int = 4096
+    images: Tensor, texts: Tensor, owners: Owners, ks: tuple[int, ...] = KS, chunk: int = 4096
 ) -> RetrievalScores:
-    """images (N, D) and texts (M, D), unit vectors; ``text_to_image[m]`` is caption m's image row."""
+    """images (N, D) and texts (M, D), unit vectors; ``owners[m]`` is caption m's image row, or a list of rows
+    when several images are right for it (Chinese-CLIP's ``image_ids``: a hit is any of them in the top K)."""
     images, texts = images.float().cpu(), texts.float().cpu()
-    text_to_image = text_to_image.long().cpu()
-    positive = (texts * images[text_to_image]).sum(dim=-1)  # (M,) each caption with its own image
-    t2i_rank = _count_higher(texts, images, positive, chunk)
-    best = torch.full((images.shape[0],), float("-inf")).scatter_reduce(0, text_to_image, positive, "amax")
-    captioned = torch.isfinite(best)  # images without a caption in this set take no part
-    i2t_rank = _count_higher(images[captioned], texts, best[captioned], chunk)
+    caption, image = _pairs(owners)
+    if caption.numel() == 0 or int(caption.unique().numel()) != texts.shape[0]:
+        raise ValueError("every caption needs at least one image")
+    positive = (texts[caption] * images[image]).sum(dim=-1)  # (pairs,) each right pair's score
+    # a query's rank counts the candidates above its best right answer, which are all wrong ones
+    best_image = torch.full((texts.shape[0],), float("-inf")).scatter_reduce(0, caption, positive, "amax")
+    t2i_rank = _count_higher(texts, images, best_image, chunk)
+    best_caption = torch.full((images.shape[0],), float("-inf")).scatter_reduce(0, image, positive, "amax")
+    captioned = torch.isfinite(best_caption)  # images without a caption in this set take no part
+    i2t_rank = _count_higher(images[captioned], texts, best_caption[captioned], chunk)
     return RetrievalScores(
         t2i={k: 100 * float((t2i_rank < k).float().mean()) for k in ks},
         i2t={k: 100 * float((i2t_rank < k).float().mean()) for k in ks},
@@ -78,40 +100,45 @@ def recall_at_k(
 
 
 def recall_by_language(
-    images: Tensor, texts: Tensor, text_to_image: list[int], langs: list[str], chunk: int = 4096
+    images: Tensor, texts: Tensor, owners: Owners, langs: list[str], chunk: int = 4096
 ) -> dict[str, RetrievalScores]:
     """One retrieval set per language: its captions against the images those captions describe."""
+    if isinstance(owners, Tensor):
+        owners = owners.tolist()
+    rows_of = [[o] if isinstance(o, int) else list(o) for o in owners]
     by_lang: dict[str, list[int]] = defaultdict(list)
     for row, lang in enumerate(langs):
         by_lang[lang or "-"].append(row)
     results = {}
     for lang, rows in sorted(by_lang.items()):
-        image_rows = sorted({text_to_image[r] for r in rows})
+        image_rows = sorted({image for r in rows for image in rows_of[r]})
         local = {image: i for i, image in enumerate(image_rows)}
-        mapping = torch.tensor([local[text_to_image[r]] for r in rows])
+        mapping = [[local[image] for image in rows_of[r]] for r in rows]
         results[lang] = recall_at_k(images[image_rows], texts[rows], mapping, chunk=chunk)
     return results
+
+
+def evaluate_set(
+    embedder: Embedder, data: RetrievalSet, chunk: int = 4096, workers: int = 2, progress: bool = True
+) -> tuple[dict[str, RetrievalScores], dict[str, int]]:
+    """Recall per language on a retrieval set; returns the scores and what was skipped (the set's own
+    skipped lines, unreadable images, and the captions left with no readable image)."""
+    vectors, records = embedder.embed_files(data.images, workers, progress)
+    row_of = {r.index: i for i, r in enumerate(r for r in records if r.status == "ok")}
+    skipped = Counter(data.skipped) + Counter(f"image: {r.status}" for r in records if r.status != "ok")
+    keep = [m for m, owners in enumerate(data.owners) if any(o in row_of for o in owners)]
+    if len(keep) < len(data.captions):
+        skipped["captions of unreadable images"] = len(data.captions) - len(keep)
+    if not keep:
+        raise ValueError(f"{data.source}: no caption has a readable image")
+    texts = embedder.embed_texts([data.captions[m] for m in keep]).float().cpu()
+    owners = [[row_of[o] for o in data.owners[m] if o in row_of] for m in keep]
+    scores = recall_by_language(vectors, texts, owners, [data.langs[m] for m in keep], chunk)
+    return scores, dict(skipped)
 
 
 def evaluate_pairs(
     embedder: Embedder, data: str | Path, chunk: int = 4096, workers: int = 2, progress: bool = True
 ) -> tuple[dict[str, RetrievalScores], dict[str, int]]:
-    """Recall per language on an image-text pairs file (JSONL or CSV: image, caption, lang).
-
-    Returns the scores and what was skipped (malformed lines, unreadable images and their captions).
-    """
-    table = read_pairs(data)
-    paths = list(dict.fromkeys(row["image"] for row in table.rows))
-    vectors, records = embedder.embed_files(paths, workers, progress)
-    row_of = {paths[r.index]: i for i, r in enumerate(r for r in records if r.status == "ok")}
-    rows = [row for row in table.rows if row["image"] in row_of]
-    skipped = Counter(table.skipped) + Counter(f"image: {r.status}" for r in records if r.status != "ok")
-    if len(rows) < len(table.rows):
-        skipped["captions of unreadable images"] = len(table.rows) - len(rows)
-    if not rows:
-        raise ValueError(f"{data}: no caption has a readable image")
-    texts = embedder.embed_texts([row["caption"] for row in rows]).float().cpu()
-    scores = recall_by_language(
-        vectors, texts, [row_of[row["image"]] for row in rows], [row.get("lang", "") for row in rows], chunk
-    )
-    return scores, dict(skipped)
+    """Recall per language on an image-text pairs file (JSONL or CSV: image, caption, lang)."""
+    return evaluate_set(embedder, read_pairs_set(Path(data)), chunk, workers, progress)

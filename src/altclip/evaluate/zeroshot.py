@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from altclip.embedding import Embedder
 from altclip.prompts import check_templates, templates_for
@@ -89,13 +90,16 @@ def evaluate_zeroshot(
     labels = torch.tensor([label for (_, label), r in zip(samples, records, strict=True) if r.status == "ok"])
     if labels.numel() == 0:
         raise ValueError(f"{root}: no readable images")
-    scores = vectors @ embedder.class_embeddings(list(names), templates).float().t()  # (images, classes)
-    top = scores.topk(min(5, len(classes)), dim=-1).indices
+    scores = score_classes(vectors, labels, embedder.class_embeddings(list(names), templates), names)
+    scores.skipped = [{"path": samples[r.index][0], "status": r.status} for r in records if r.status != "ok"]
+    return scores
+
+
+def score_classes(images: Tensor, labels: Tensor, classes: Tensor, names: Sequence[str]) -> ZeroShotScores:
+    """Top-1, top-5 and per-class recall of (images, dim) unit vectors against (classes, dim) class embeddings;
+    ``labels[i]`` is image i's class row, ``names`` the classes' names (the recall table's keys)."""
+    scores = images.float() @ classes.float().t()  # (images, classes)
+    top = scores.topk(min(5, len(names)), dim=-1).indices
     hit1, hit5 = top[:, 0] == labels, (top == labels[:, None]).any(dim=-1)
-    recall = {
-        names[c]: 100 * float(hit1[labels == c].float().mean()) for c in range(len(classes)) if (labels == c).any()
-    }
-    skipped = [{"path": samples[r.index][0], "status": r.status} for r in records if r.status != "ok"]
-    return ZeroShotScores(
-        100 * float(hit1.float().mean()), 100 * float(hit5.float().mean()), recall, int(labels.numel()), skipped
-    )
+    recall = {names[c]: 100 * float(hit1[labels == c].float().mean()) for c in range(len(names)) if (labels == c).any()}
+    return ZeroShotScores(100 * float(hit1.float().mean()), 100 * float(hit5.float().mean()), recall, len(labels))

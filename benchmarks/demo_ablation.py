@@ -1,0 +1,164 @@
+"""Ablations of the demo's recipe, chosen on a validation split carved from the training emoji.
+
+    .venv/bin/python benchmarks/demo_ablation.py --root /tmp/ablation --variants baseline longer-distill
+    .venv/bin/python benchmarks/demo_ablation.py --root /tmp/ablation --seeds 0 1 2 --variants default
+
+Every run uses ``DemoConfig(holdout="validation")``: the test emoji are dropped before anything is written,
+and ``test_fraction`` of the remaining training emoji become the validation set the numbers come from. Each
+variant is a set of ``DemoConfig`` overrides; stages whose settings equal an earlier run's (same seed) are
+copied from it rather than trained again, and the seconds each stage took when it did train are kept in
+``root/times.json``. For each variant the table prints mean and spread (population standard deviation) over
+the seeds of: the teacher's English MR, the distilled student's (phase 1 only) and the final student's English
+MR, the final student's worst language as a fraction of the teacher's English, its mean over the 13 other
+languages, and the teacher's Chinese MR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from altclip.demo import run as demo
+from altclip.demo.data import LANGUAGES
+from altclip.embedding import Embedder
+from altclip.evaluate.retrieval import evaluate_pairs
+from altclip.hardware import detect_cpu
+from altclip.tables import format_table
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "default": {},
+    "distill3": {"distill_epochs": 3},
+    "distill3-coverage1": {"distill_epochs": 3, "character_coverage": 1.0},
+    "distill3-contrastive2": {"distill_epochs": 3, "contrastive_epochs": 2},
+    "distill3-clr5e-4": {"distill_epochs": 3, "contrastive_lr": 5e-4},
+    "distill3-scale50": {"distill_epochs": 3, "contrastive_logit_scale": 50.0},
+    "distill3-scale100": {"distill_epochs": 3, "contrastive_logit_scale": 100.0},
+    "distill3-scale50-clr5e-4": {"distill_epochs": 3, "contrastive_logit_scale": 50.0, "contrastive_lr": 5e-4},
+    "distill4": {"distill_epochs": 4},
+    "distill3-dlr2e-3": {"distill_epochs": 3, "distill_lr": 2e-3},
+}
+# which DemoConfig fields each stage depends on (a stage is reused when these and the earlier stages' match)
+STAGES = {
+    "teacher": ("image_size", "patch_size", "width", "layers", "heads", "teacher_epochs", "teacher_lr", "batch_size"),
+    "student-init": ("vocab_size", "character_coverage"),
+    "distill": ("distill_epochs", "distill_lr"),
+    "contrastive": ("contrastive_epochs", "contrastive_lr", "contrastive_logit_scale"),
+}
+
+
+def stage_key(config: demo.DemoConfig, stage: str) -> str:
+    fields: list[str] = []
+    for name, names in STAGES.items():
+        fields += names
+        if name == stage:
+            break
+    return json.dumps({f: getattr(config, f) for f in fields if hasattr(config, f)}, sort_keys=True)
+
+
+def mr(embedder_folder: Path, data: Any, device: str) -> dict[str, float]:
+    embedder = Embedder.from_pretrained(embedder_folder, device=device, batch_size=256)
+    scores, _ = evaluate_pairs(embedder, data.folder / "test.jsonl", workers=0, progress=False)
+    return {lang: s.mean_recall for lang, s in scores.items()}
+
+
+def run_variant(root: Path, name: str, overrides: dict[str, Any], seed: int, times: dict[str, float]) -> dict:
+    config = demo.DemoConfig(
+        out=root / f"{name}-s{seed}",
+        seed=seed,
+        holdout="validation",
+        data=root / f"data-s{seed}",
+        progress=False,
+        **overrides,
+    )
+    config.out.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:  # copy finished stages from an earlier run with the same settings
+        key = f"{seed}:{stage}:{stage_key(config, stage)}"
+        source = times.get(f"{key}:folder")
+        if source and not (config.out / stage).exists() and Path(source).exists():
+            shutil.copytree(source, config.out / stage)
+    started = time.perf_counter()
+    result = demo.run_demo(config)
+    total = time.perf_counter() - started
+    for stage in STAGES:
+        key = f"{seed}:{stage}:{stage_key(config, stage)}"
+        times.setdefault(f"{key}:folder", str(config.out / stage))
+    times[f"{name}:{seed}:seconds"] = total
+    data = result["data"]
+    return {
+        "teacher": mr(result["teacher"], data, config.device),
+        "distilled": mr(result["distilled"], data, config.device),
+        "student": mr(result["model"], data, config.device),
+    }
+
+
+def summarise(runs: list[dict]) -> list[str]:
+    def spread(values: list[float]) -> str:
+        return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
+
+    teacher_en = [r["teacher"]["en"] for r in runs]
+    worst = [min(r["student"][lang] for lang in LANGUAGES) / r["teacher"]["en"] * 100 for r in runs]
+    others = [statistics.mean(r["student"][lang] for lang in LANGUAGES if lang != "en") for r in runs]
+    return [
+        spread(teacher_en),
+        spread([r["distilled"]["en"] for r in runs]),
+        spread([r["student"]["en"] for r in runs]),
+        spread(others),
+        spread(worst),
+        spread([r["teacher"]["zh"] for r in runs]),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    args.root.mkdir(parents=True, exist_ok=True)
+    times_path, results_path = args.root / "times.json", args.root / "results.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    print(f"CPU: {detect_cpu().describe()}", flush=True)
+    for name in args.variants:
+        for seed in args.seeds:
+            key = f"{name}:{seed}"
+            if key not in results:
+                results[key] = run_variant(args.root, name, VARIANTS[name], seed, times)
+                results_path.write_text(json.dumps(results, indent=1))
+                times_path.write_text(json.dumps(times, indent=1))
+            r = results[key]
+            print(
+                f"{key}: teacher en {r['teacher']['en']:.1f}, distilled en {r['distilled']['en']:.1f}, "
+                f"student en {r['student']['en']:.1f}, zh {r['student']['zh']:.1f}, "
+                f"min {min(r['student'].values()):.1f} ({times.get(key + ':seconds', 0):.0f} s)",
+                flush=True,
+            )
+    headers = [
+        "variant",
+        "teacher en",
+        "distilled en",
+        "student en",
+        "student others",
+        "worst % of teacher en",
+        "teacher zh",
+    ]
+    rows = [[name, *summarise([results[f"{name}:{s}"] for s in args.seeds])] for name in args.variants]
+    if args.json:
+        print(
+            json.dumps(
+                {"seeds": args.seeds, "results": {n: [results[f"{n}:{s}"] for s in args.seeds] for n in args.variants}}
+            )
+        )
+    else:
+        print(format_table(headers, rows))
+
+
+if __name__ == "__main__":
+    main()
