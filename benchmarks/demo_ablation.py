@@ -31,8 +31,8 @@ from altclip.hardware import detect_cpu
 from altclip.tables import format_table
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "default": {},
+    "baseline": {"distill_epochs": 1, "distill_lr": 1e-3, "contrastive_epochs": 1},  # the demo before issue 15
+    "default": {},  # the demo as it is
     "distill3": {"distill_epochs": 3},
     "distill3-coverage1": {"distill_epochs": 3, "character_coverage": 1.0},
     "distill3-contrastive2": {"distill_epochs": 3, "contrastive_epochs": 2},
@@ -41,12 +41,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "distill3-scale100": {"distill_epochs": 3, "contrastive_logit_scale": 100.0},
     "distill3-scale50-clr5e-4": {"distill_epochs": 3, "contrastive_logit_scale": 50.0, "contrastive_lr": 5e-4},
     "distill4": {"distill_epochs": 4},
+    "distill3-dlr4e-3": {"distill_epochs": 3, "distill_lr": 4e-3},
+    "distill3-dlr2e-3-contrastive2": {"distill_epochs": 3, "distill_lr": 2e-3, "contrastive_epochs": 2},
+    "distill3-dlr2e-3-clr5e-4": {"distill_epochs": 3, "distill_lr": 2e-3, "contrastive_lr": 5e-4},
+    "distill3-dlr3e-3": {"distill_epochs": 3, "distill_lr": 3e-3},
+    "distill3-dlr3e-3-contrastive2": {"distill_epochs": 3, "distill_lr": 3e-3, "contrastive_epochs": 2},
+    "distill3-student6layers": {"distill_epochs": 3, "student_layers": 6},
+    "distill3-student192": {"distill_epochs": 3, "student_width": 192},
     "distill3-dlr2e-3": {"distill_epochs": 3, "distill_lr": 2e-3},
 }
 # which DemoConfig fields each stage depends on (a stage is reused when these and the earlier stages' match)
 STAGES = {
     "teacher": ("image_size", "patch_size", "width", "layers", "heads", "teacher_epochs", "teacher_lr", "batch_size"),
-    "student-init": ("vocab_size", "character_coverage"),
+    "student-init": ("vocab_size", "character_coverage", "student_width", "student_layers"),
     "distill": ("distill_epochs", "distill_lr"),
     "contrastive": ("contrastive_epochs", "contrastive_lr", "contrastive_logit_scale"),
 }

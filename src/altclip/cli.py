@@ -431,7 +431,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from altclip.train.phases import contrastive_phase, distillation_phase
 
     if args.phase == "distill":
-        phase = distillation_phase(args.teacher, args.student, args.data, shuffle_buffer=args.shuffle_buffer)
+        phase = distillation_phase(
+            args.teacher, args.student, args.data, shuffle_buffer=args.shuffle_buffer, cache_targets=args.cache_targets
+        )
     else:
         phase = contrastive_phase(
             args.model,
@@ -439,6 +441,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             freeze_vision=not args.unfreeze_vision,
             local_loss=args.local_loss,
             shuffle_buffer=args.shuffle_buffer,
+            cache_images=args.cache_images,
         )
     trainer = Trainer(phase, training_config(args))
     try:
@@ -615,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the AltCLIP recipe in miniature, offline, on emoji named in 14 languages",
         description="Train a small CLIP teacher on English emoji names, distil it into a "
         "multilingual AltCLIP student, train that contrastively, and compare both on "
-        "held-out emoji in 14 languages (Noto Color Emoji + CLDR names).",
+        "held-out emoji in 14 languages (Noto Color Emoji + CLDR names): retrieval, and zero-shot "
+        "classification of the flag emoji by their CLDR country names.",
         epilog="example:\n  altclip demo --out altclip-demo",
     )
     p.add_argument("--out", default="altclip-demo", help="work folder (finished stages are reused)")
@@ -806,6 +810,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--teacher", required=True, help="the CLIP teacher")
     p.add_argument("--student", required=True, help="the AltCLIP student (from `altclip init`)")
+    p.add_argument(
+        "--cache-targets",
+        action="store_true",
+        help="compute the teacher's vector once per distinct English sentence and keep it (memory grows with "
+        "them): for data where each English sentence has many translations",
+    )
     p.set_defaults(run=cmd_train)
     p = phases.add_parser(
         "contrastive",
@@ -827,6 +837,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="each process scores its rows against the gathered batch (open_clip's local loss): the same "
         "loss and gradients as the global one, in O(rows x global batch) memory",
+    )
+    p.add_argument(
+        "--cache-images",
+        action="store_true",
+        help="with the image tower frozen, compute each distinct image's features once and keep them (memory "
+        "grows with them): for data where each image has many captions",
     )
     p.set_defaults(run=cmd_train)
     return parser

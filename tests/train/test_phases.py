@@ -56,8 +56,8 @@ def test_training_and_the_demo_under_start_method(tmp_path, method, teacher, stu
     distill = ["distill", "--teacher", str(teacher), "--student", str(student), "--data", str(parallel_tsv)]
     epochs = ["--teacher-epochs", "1", "--distill-epochs", "1", "--contrastive-epochs", "1"]
     commands = [
-        ["train", *contrastive, *common],
-        ["train", *distill, "--out", str(tmp_path / "d"), *common],
+        ["train", *contrastive, *common, "--cache-images"],
+        ["train", *distill, "--out", str(tmp_path / "d"), *common, "--cache-targets"],
         ["demo", "--limit", "200", "--out", str(tmp_path / "demo"), "--workers", "2", "--json", *epochs],
     ]
     result = subprocess.run(
@@ -72,3 +72,4 @@ def test_training_and_the_demo_under_start_method(tmp_path, method, teacher, stu
         assert len((tmp_path / run / "log.jsonl").read_text().splitlines()) == 2
     demo = json.loads(result.stdout[result.stdout.index('{\n  "results"') :])
     assert len(demo["results"]) == 28 and (tmp_path / "demo" / "contrastive" / "model" / "config.json").is_file()
+    assert len(demo["zeroshot_flags"]) in (0, 28)  # 28 when the 200 emoji hold flags on both sides of the split

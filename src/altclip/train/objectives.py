@@ -5,7 +5,9 @@ Parameters that do not train are frozen (``requires_grad=False``) here, once, wh
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +22,40 @@ MAX_LOGIT_SCALE = math.log(100)  # CLIP's clamp on the learned temperature
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
+
+
+class FrozenOutputs:
+    """Outputs of a frozen, deterministic tower, kept per input so a repeated input is not computed again.
+
+    Keys are the bytes of each input row (its tokens without padding, or its pixels). Only rows not seen
+    before are computed, in one batch. Worth it where inputs repeat: the demo's parallel names give each
+    English name 13 times an epoch, and its image-text pairs each image 14 times. It grows with the distinct
+    inputs, so it is opt-in, for data sets of modest size.
+    """
+
+    def __init__(self) -> None:
+        self.outputs: dict[bytes, Tensor] = {}
+
+    def __call__(self, keys: list[bytes], compute: Callable[[list[int]], Tensor]) -> Tensor:
+        first: dict[bytes, int] = {}  # each new key's first row
+        for row, key in enumerate(keys):
+            if key not in self.outputs:
+                first.setdefault(key, row)
+        missing = list(first.values())
+        if missing:
+            for key_row, output in zip(missing, compute(missing).detach(), strict=True):
+                self.outputs[keys[key_row]] = output
+        return torch.stack([self.outputs[k] for k in keys])
+
+
+def row_keys(rows: Tensor, mask: Tensor | None = None) -> list[bytes]:
+    """A digest of each row's values (where ``mask`` is set, when given)."""
+    rows = rows.detach().cpu()
+    mask = mask.detach().cpu().bool() if mask is not None else None
+    return [
+        hashlib.blake2b((row if mask is None else row[mask[i]]).numpy().tobytes(), digest_size=16).digest()
+        for i, row in enumerate(rows)
+    ]
 
 
 class Objective(nn.Module):
@@ -37,8 +73,9 @@ class Distillation(Objective):
     is ``transformation(pre_LN(h))`` at token 0. Only the student's text tower trains.
     """
 
-    def __init__(self, teacher: CLIPModel, student: AltCLIPModel) -> None:
+    def __init__(self, teacher: CLIPModel, student: AltCLIPModel, cache_targets: bool = False) -> None:
         super().__init__()
+        self.targets = FrozenOutputs() if cache_targets else None
         width = teacher.config.text_config.hidden_size
         if student.config.text_config.project_dim != width:
             raise ValueError(
@@ -59,8 +96,14 @@ class Distillation(Objective):
         return self
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        ids, mask = batch["teacher_ids"], batch["teacher_mask"]
         with torch.no_grad():
-            target = self.teacher_text(batch["teacher_ids"], batch["teacher_mask"]).pooler_output
+            if self.targets is None:
+                target = self.teacher_text(ids, mask).pooler_output
+            else:
+                target = self.targets(
+                    row_keys(ids, mask), lambda rows: self.teacher_text(ids[rows], mask[rows]).pooler_output
+                )
         src = self.student.text_model(batch["src_ids"], batch["src_mask"]).pooler_output
         tgt = self.student.text_model(batch["tgt_ids"], batch["tgt_mask"]).pooler_output
         return (distillation_loss(src, target) + distillation_loss(tgt, target)) / 2
@@ -71,20 +114,31 @@ class Contrastive(Objective):
 
     ``freeze_vision`` keeps the image tower and ``visual_projection`` as they are (AltCLIP's recipe).
     ``local_loss``: see ``contrastive_loss``. After each step the logit scale is clamped to [0, ln 100], as
-    CLIP and open_clip do, so the temperature cannot run away.
+    CLIP and open_clip do, so the temperature cannot run away. ``cache_images`` (frozen vision only): keep
+    each image's features (``FrozenOutputs``), for small data sets whose images come with many captions.
     """
 
-    def __init__(self, model: DualEncoderModel, freeze_vision: bool = True, local_loss: bool = False) -> None:
+    def __init__(
+        self, model: DualEncoderModel, freeze_vision: bool = True, local_loss: bool = False, cache_images: bool = False
+    ) -> None:
         super().__init__()
+        if cache_images and not freeze_vision:
+            raise ValueError("cache_images needs a frozen image tower")
         self.model = model
         self.local_loss = local_loss
+        self.images = FrozenOutputs() if cache_images else None
         if freeze_vision:
             freeze(model.vision_model)
             freeze(model.visual_projection)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         text = self.model.get_text_features(batch["input_ids"], batch["attention_mask"])
-        image = self.model.get_image_features(batch["pixel_values"])
+        pixels = batch["pixel_values"]
+        if self.images is None:
+            image = self.model.get_image_features(pixels)
+        else:
+            with torch.no_grad():
+                image = self.images(row_keys(pixels), lambda rows: self.model.get_image_features(pixels[rows]))
         return contrastive_loss(text, image, self.model.logit_scale, local=self.local_loss)
 
     @torch.no_grad()

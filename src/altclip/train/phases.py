@@ -31,9 +31,16 @@ from altclip.train.objectives import Contrastive, Distillation
 
 
 def distillation_phase(
-    teacher: str | Path, student: str | Path, data: str | Path, shuffle_buffer: int = SHUFFLE_BUFFER
+    teacher: str | Path,
+    student: str | Path,
+    data: str | Path,
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+    cache_targets: bool = False,
 ) -> Phase:
     """Phase 1 on parallel text: the teacher is a CLIP checkpoint, the student an AltCLIP one.
+
+    ``cache_targets``: compute the teacher's target once per distinct English sentence (``FrozenOutputs``),
+    where each English sentence comes with many translations.
 
     ``data``: a TSV or JSONL file, read by line offset and never whole (``ParallelLines``), or tar shards
     whose samples hold ``KEY.src.txt`` and ``KEY.tgt.txt`` (and the language in ``KEY.json``), streamed.
@@ -48,7 +55,7 @@ def distillation_phase(
         processor.tokenizer,
         text_token_limit(student_model.config.text_config, processor.tokenizer),
     )
-    objective = Distillation(teacher_model, student_model)
+    objective = Distillation(teacher_model, student_model, cache_targets)
     if is_shard_spec(data):
         stream = ShardStream(expand_shards(data), parallel_task, shuffle_buffer)
         return Phase(objective, student_model, processor, ShardParallel(), collate, stream=stream)
@@ -63,6 +70,7 @@ def contrastive_phase(
     freeze_vision: bool = True,
     local_loss: bool = False,
     shuffle_buffer: int = SHUFFLE_BUFFER,
+    cache_images: bool = False,
 ) -> Phase:
     """Phase 2 on image-text pairs (also how a CLIP teacher itself is trained, with the vision tower free).
 
@@ -71,6 +79,9 @@ def contrastive_phase(
 
     ``local_loss``: each process scores its own rows against the gathered batch (open_clip's ``local_loss``);
     the same loss and gradients, less memory and compute per process on large global batches.
+
+    ``cache_images``: with the image tower frozen, compute each distinct image's features once
+    (``FrozenOutputs``), where every image comes with many captions (several languages, say).
     """
     model, processor = load_pretrained(model_path, device="cpu")
     image_processor = processor.image_processor
@@ -80,7 +91,7 @@ def contrastive_phase(
         text_token_limit(model.config.text_config, processor.tokenizer),
         (3, crop["height"], crop["width"]),
     )
-    objective = Contrastive(model, freeze_vision, local_loss)  # type: ignore[arg-type]
+    objective = Contrastive(model, freeze_vision, local_loss, cache_images)  # type: ignore[arg-type]
     if is_shard_spec(data):
         stream = ShardStream(expand_shards(data), pair_task, shuffle_buffer)
         return Phase(objective, model, processor, ShardPairs(image_processor), collate, stream=stream)  # type: ignore[arg-type]
