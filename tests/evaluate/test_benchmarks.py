@@ -263,6 +263,7 @@ def test_published_numbers_beside_ours(tmp_path, capsys, altclip_checkpoint):
     data = write_cn_clip(tmp_path)
     assert published_for(data, "cn-clip") == {"en": 88.3, "zh": 87.2}
     assert published_for(tmp_path / "XTD10", "xtd10") == {}
+    assert published_for(tmp_path / "flickr30k-multi30k", "multi30k") == {}  # not Flickr30k's test captions
     code = main(["eval", "retrieval", "--format", "cn-clip", str(data), "--model", str(altclip_checkpoint)])
     out = capsys.readouterr().out
     assert code == 0 and "BAAI/AltCLIP MR (published)" in out and "87.2" in out
