@@ -267,9 +267,11 @@ def test_published_numbers_beside_ours(tmp_path, capsys, altclip_checkpoint):
     code = main(["eval", "retrieval", "--format", "cn-clip", str(data), "--model", str(altclip_checkpoint)])
     out = capsys.readouterr().out
     assert code == 0 and "BAAI/AltCLIP MR (published)" in out and "87.2" in out
-    code = main(["eval", "retrieval", str(data), "--model", str(altclip_checkpoint), "--json"])
+    code = main(["eval", "retrieval", "--data", str(data), "--model", str(altclip_checkpoint), "--json"])
     results = json.loads(capsys.readouterr().out)["results"]
     assert code == 0 and results[0]["language"] == "zh" and results[0]["published_MR"] == 87.2
+    assert main(["eval", "retrieval", str(data), "--data", str(data)]) == 1
+    assert "give the data once" in capsys.readouterr().err
 
 
 def test_command_names_the_bad_file(tmp_path, capsys, altclip_checkpoint):
