@@ -65,7 +65,7 @@ def stage_key(config: demo.DemoConfig, stage: str) -> str:
         fields += names
         if name == stage:
             break
-    return json.dumps({f: getattr(config, f) for f in fields if hasattr(config, f)}, sort_keys=True)
+    return json.dumps({f: getattr(config, f) for f in fields}, sort_keys=True)
 
 
 def mr(embedder_folder: Path, data: Any, device: str) -> dict[str, float]:

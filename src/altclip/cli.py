@@ -231,7 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     name = args.model or "BAAI/AltCLIP"
     if args.task == "retrieval":
-        from altclip.evaluate.benchmarks import guess_format, published_for, read_retrieval_set
+        from altclip.evaluate.benchmarks import published_for, read_retrieval_set
         from altclip.evaluate.report import ReportRow, paper_table, write_report
         from altclip.evaluate.retrieval import evaluate_set
 
@@ -239,7 +239,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("give the data once: as DATA or as --data")
         args.data = args.data or args.data_option
         data = read_retrieval_set(args.data, args.format, args.images, args.split, args.langs)
-        published = published_for(args.data, args.format or guess_format(Path(args.data)), args.benchmark)
+        published = published_for(args.data, data.format, args.benchmark)
         embedder = load_embedder(args)  # after the data, so a bad layout fails before a model loads
         scores, skipped = evaluate_set(embedder, data, chunk=args.chunk, workers=args.workers, progress=not args.json)
         method = args.method or Path(name).name

@@ -17,7 +17,6 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from altclip.image import CLIPImageProcessor, ImageLoadError
-from altclip.shards import TarMember
 
 DRAFT_FACTOR = 2  # draft decoding keeps at least twice the resize target: see benchmarks/folder.py
 
@@ -33,7 +32,7 @@ class ByteSource(Protocol):
     def read(self) -> bytes: ...
 
 
-ImageSource = str | TarMember | ByteSource  # a file, or an image inside another file
+ImageSource = str | ByteSource  # a file, or an image inside another file (a TarMember, a TsvImage)
 Task = tuple[int, int, ImageSource]  # (unit, position in the unit, source): what a worker is asked to read
 
 

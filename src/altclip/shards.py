@@ -62,6 +62,13 @@ def expand_shards(source: str | Path) -> list[str]:
     return shards
 
 
+def read_range(path: str, offset: int, size: int) -> bytes:
+    """``size`` bytes of a file from ``offset``: an image stored inside another file."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 @dataclass(frozen=True)
 class TarMember:
     """Where one member's bytes lie in its shard; pickles, so worker processes can read it."""
@@ -77,9 +84,7 @@ class TarMember:
         return f"{self.shard}/{self.name}"
 
     def read(self) -> bytes:
-        with open(self.shard, "rb") as f:
-            f.seek(self.offset)
-            return f.read(self.size)
+        return read_range(self.shard, self.offset, self.size)
 
 
 @dataclass

@@ -28,15 +28,14 @@ import gzip
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from altclip.datafiles import read_pairs
-
-if TYPE_CHECKING:  # the command line imports FORMATS from here, before any heavy module
-    from altclip.imagefiles import ImageSource
+from altclip.imagefiles import ImageSource
+from altclip.shards import read_range
 
 FORMATS = ("jsonl", "csv", "xtd10", "xm3600", "multi30k", "cn-clip")
 LANGUAGE_ALIASES = {"jp": "ja"}  # XTD10 names Japanese jp
@@ -67,9 +66,7 @@ class TsvImage:
         return f"{self.file}#{self.image_id}"
 
     def read(self) -> bytes:
-        with open(self.file, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(self.size)
+        data = read_range(self.file, self.offset, self.size)
         try:
             return base64.b64decode(data, altchars=b"-_")  # Chinese-CLIP writes the URL-safe alphabet; both read
         except binascii.Error as err:
@@ -86,6 +83,7 @@ class RetrievalSet:
     langs: list[str]
     skipped: Counter = field(default_factory=Counter)
     source: str = ""  # the file or folder it was read from, for messages
+    format: str = ""  # the layout it was read in
 
     def only(self, langs: Sequence[str] | None) -> RetrievalSet:
         """The captions in ``langs`` (all when None); a language the set does not have is an error."""
@@ -97,13 +95,11 @@ class RetrievalSet:
         if absent:
             raise BenchmarkError(f"no captions in {', '.join(absent)}; the set has: {', '.join(present)}")
         keep = [m for m, lang in enumerate(self.langs) if lang in wanted]
-        return RetrievalSet(
-            self.images,
-            [self.captions[m] for m in keep],
-            [self.owners[m] for m in keep],
-            [self.langs[m] for m in keep],
-            self.skipped,
-            self.source,
+        return replace(
+            self,
+            captions=[self.captions[m] for m in keep],
+            owners=[self.owners[m] for m in keep],
+            langs=[self.langs[m] for m in keep],
         )
 
 
@@ -134,6 +130,28 @@ def _caption(path: Path, number: int, text: str) -> str:
     return text.strip()
 
 
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, record) of each non-blank line of a JSON-lines file; a line that is not JSON names it."""
+    for number, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BenchmarkError(f"{path}:{number}: not JSON ({err.msg})") from err
+
+
+def _add_aligned(result: RetrievalSet, path: Path, lang: str, image_list: Path) -> None:
+    """A caption file aligned line by line with ``image_list`` (whose names are ``result.images``)."""
+    lines = _lines(path)
+    if len(lines) != len(result.images):
+        raise BenchmarkError(f"{path}: {len(lines)} lines for the {len(result.images)} images of {image_list.name}")
+    for row, line in enumerate(lines):
+        result.captions.append(_caption(path, row + 1, line))
+        result.owners.append([row])
+        result.langs.append(lang)
+
+
 def _check_images(images: Sequence[str], flag: str) -> None:
     missing = [image for image in images if not Path(image).is_file()]
     if missing:
@@ -156,13 +174,7 @@ def read_xtd10(root: Path, images: Path | None = None) -> RetrievalSet:
     result = RetrievalSet([str(folder / name) for name in names], [], [], [])
     for path in files:
         lang = path.stem.removeprefix("test_1kcaptions_")
-        lines = _lines(path)
-        if len(lines) != len(names):
-            raise BenchmarkError(f"{path}: {len(lines)} lines for the {len(names)} images of {names_file.name}")
-        for row, line in enumerate(lines):
-            result.captions.append(_caption(path, row + 1, line))
-            result.owners.append([row])
-            result.langs.append(LANGUAGE_ALIASES.get(lang, lang))
+        _add_aligned(result, path, LANGUAGE_ALIASES.get(lang, lang), names_file)
     _check_images(result.images, "--images (MSCOCO train2014)")
     return result
 
@@ -171,13 +183,7 @@ def read_xm3600(root: Path, images: Path | None = None) -> RetrievalSet:
     path = _require(root / "captions.jsonl", "Crossmodal-3600's captions")
     folder = images or root / "images"
     result = RetrievalSet([], [], [], [])
-    for number, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BenchmarkError(f"{path}:{number}: not JSON ({err.msg})") from err
+    for number, record in _json_lines(path):
         key = record.get("image/key") if isinstance(record, dict) else None
         if not isinstance(key, str) or not key:
             raise BenchmarkError(f'{path}:{number}: no "image/key"')
@@ -214,14 +220,7 @@ def read_multi30k(root: Path, images: Path | None = None) -> RetrievalSet:
     result = RetrievalSet([str(image_folder / name) for name in names], [], [], [])
     files = sorted(p for p in folder.iterdir() if pattern.match(p.name))
     for path in files:
-        lang = pattern.match(path.name).group(2)  # type: ignore[union-attr]
-        lines = _lines(path)
-        if len(lines) != len(names):
-            raise BenchmarkError(f"{path}: {len(lines)} lines for the {len(names)} images of {image_list.name}")
-        for row, line in enumerate(lines):
-            result.captions.append(_caption(path, row + 1, line))
-            result.owners.append([row])
-            result.langs.append(lang)
+        _add_aligned(result, path, pattern.match(path.name).group(2), image_list)  # type: ignore[union-attr]
     _check_images(result.images, "--images (flickr30k-images)")
     return result
 
@@ -246,13 +245,7 @@ def read_cn_clip(root: Path, split: str = "test") -> RetrievalSet:
                 start = offset + len(image_id) + 1
                 result.images.append(TsvImage(str(tsv), key, start, len(data)))
             offset += len(line)
-    for number, line in enumerate(_lines(texts), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BenchmarkError(f"{texts}:{number}: not JSON ({err.msg})") from err
+    for number, record in _json_lines(texts):
         text = record.get("text") if isinstance(record, dict) else None
         ids = record.get("image_ids") if isinstance(record, dict) else None
         if not isinstance(text, str) or not isinstance(ids, list) or not ids:
@@ -326,7 +319,7 @@ def read_retrieval_set(
     if fmt not in ("jsonl", "csv") and not path.is_dir():
         raise BenchmarkError(f"{path}: the {fmt} format wants the benchmark's folder")
     result = readers[fmt]()
-    result.source = str(path)
+    result.source, result.format = str(path), fmt
     return result.only(langs)
 
 
