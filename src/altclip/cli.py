@@ -17,6 +17,7 @@ examples:
   altclip classify cat.jpg dog.jpg --labels cat dog bird
   altclip classify cat.jpg --labels 猫 狗 鸟 --lang zh
   altclip similarity --image cat.jpg --text "a photo of a cat" "一张狗的照片"
+  altclip explain cat.jpg --text 猫 "a red ball" --out maps/
   altclip embed ~/photos --out ~/photos.emb --workers 4
   altclip embed 'shards/{00000..00127}.tar' --out shards.emb --captions
   torchrun --nproc_per_node 4 -m altclip.cli embed 'shards/{00000..00127}.tar' --out shards.emb
@@ -111,6 +112,48 @@ def cmd_similarity(args: argparse.Namespace) -> int:
         for j, text in enumerate(args.text)
     ]
     emit(args, data, ["image", "text", "cosine", "probability"], rows)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from altclip import checkpoint
+    from altclip.heatmap import captioned, overlay, slug
+    from altclip.image import load_image, to_rgb
+
+    picture = to_rgb(load_image(args.image), args.image)
+    if picture.dtype != np.uint8:
+        picture = np.round(picture * 255).astype(np.uint8)
+    embedder = load_embedder(args)
+    maps = embedder.explain_batch(
+        picture, args.text, lang=args.lang, method=args.method, layers=args.layers, zoom=args.zoom
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem, data, rows = Path(args.image).stem, [], []
+    for i, (text, relevance) in enumerate(zip(args.text, maps, strict=True)):
+        name = f"{stem}-{i + 1:02d}-{slug(text)}"
+        png = out / f"{name}.png"
+        page = captioned(overlay(picture, relevance), text)
+        with checkpoint.atomic_path(png) as tmp:
+            page.save(tmp, format="PNG")
+        row: dict[str, Any] = {"text": text, "png": str(png)}
+        if args.json:
+            npy = out / f"{name}.npy"
+            with checkpoint.atomic_path(npy) as tmp, tmp.open("wb") as f:
+                np.save(f, relevance, allow_pickle=False)
+            row["npy"] = str(npy)
+        y, x = np.unravel_index(int(relevance.argmax()), relevance.shape)
+        row["peak"] = [int(x), int(y)]
+        data.append(row)
+        rows.append((text, f"({x}, {y})", str(png)))
+    emit(
+        args,
+        {"image": args.image, "method": args.method, "zoom": args.zoom, "maps": data},
+        ["text", "peak (x, y)", "picture"],
+        rows,
+    )
     return 0
 
 
@@ -537,6 +580,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", nargs="+", required=True)
     p.add_argument("--text", nargs="+", required=True)
     p.set_defaults(run=cmd_similarity)
+
+    p = add(
+        "explain",
+        "where in an image each text matched: one PNG per text, the relevance map over the image (any language)",
+        'altclip explain cat.jpg --text 猫 "a red ball" --out maps/\n'
+        "  altclip explain street.jpg --text 자전거 --lang ko --zoom 2 --out maps/ --json   # also the raw .npy maps",
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--text", nargs="+", required=True, help="one map per text")
+    p.add_argument("--lang", help="put each text in this language's prompt templates, as classify does")
+    p.add_argument("--out", required=True, help="folder for the pictures (and with --json the .npy maps)")
+    p.add_argument(
+        "--method",
+        choices=("dense", "attention"),
+        default="dense",
+        help="dense: MaskCLIP's patch-text cosine (default); attention: Chefer et al.'s gradient-weighted attention",
+    )
+    p.add_argument("--layers", type=int, default=1, help="attention method: how many last layers to explain")
+    p.add_argument(
+        "--zoom", type=int, default=1, help="read the image at N times the model's input in windows (small things)"
+    )
+    p.set_defaults(run=cmd_explain)
 
     p = add(
         "embed",

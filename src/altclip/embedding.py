@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from altclip.explain import Method, relevance, to_image, windowed_relevance
 from altclip.hardware import Precision, resolve_precision
-from altclip.image import ImageInput
+from altclip.image import ImageInput, to_rgb
 from altclip.imagefiles import ImageSource, Record, file_tasks, image_batches
 from altclip.models import DualEncoderModel, normalize
 from altclip.onnx_model import OnnxModel
@@ -205,3 +207,83 @@ class Embedder:
         """(images, classes) probabilities: softmax of the scaled cosine to each class's prompt ensemble."""
         classes = self.zero_shot_classes(labels, templates, lang)
         return self.probabilities(self.embed_images(images), classes)
+
+    # -- relevance maps ---------------------------------------------------------------------------
+
+    def text_targets(
+        self, texts: Sequence[str], lang: str | None = None, templates: Sequence[str] | None = None
+    ) -> Tensor:
+        """(len(texts), dim) unit vectors of the texts as given, or, with ``lang`` or ``templates``, of each text put
+        in the prompt templates as a label (the class embeddings ``classify`` uses)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if lang is None and templates is None:
+            return self.embed_texts(texts)
+        return self.zero_shot_classes(texts, templates, lang or "en")
+
+    def relevance_maps(
+        self,
+        images: Sequence[ImageInput],
+        targets: Tensor,
+        method: Method = "dense",
+        layers: int = 1,
+        zoom: int = 1,
+    ) -> list[np.ndarray]:
+        """Relevance maps of many images at once: ``targets`` (images, texts, dim) unit vectors -> per image a
+        float32 (texts, height, width) array in [0, 1] at that image's own size. See ``altclip.explain``."""
+        vision = getattr(self.model, "vision_model", None)
+        if vision is None:
+            raise ValueError("relevance maps need the torch backend; this model runs in ONNX Runtime")
+        if zoom < 1:
+            raise ValueError(f"zoom must be at least 1, got {zoom}")
+        processor = self.processor.image_processor
+        pictures = [to_rgb(image, f"images[{i}]") for i, image in enumerate(images)]
+        device, projection = self.model.device, self.model.visual_projection
+        maps = []
+        if zoom > 1:  # each image alone: its windows are the batch
+            wide = replace(
+                processor, size={"shortest_edge": processor.size["shortest_edge"] * zoom}, do_center_crop=False
+            )
+            for picture, wanted in zip(pictures, targets, strict=True):
+                pixels = wide([picture])["pixel_values"].to(device)
+                grid = windowed_relevance(
+                    vision, projection, pixels, wanted.to(device), vision.config.image_size, method, layers
+                )
+                maps.append(to_image(grid, wide, picture.shape[1], picture.shape[0]).cpu().numpy())
+            return maps
+        for start in range(0, len(pictures), self.batch_size):
+            chunk = pictures[start : start + self.batch_size]
+            pixels = processor(chunk, return_tensors="pt")["pixel_values"].to(device)
+            grids, _ = relevance(
+                vision, projection, pixels, targets[start : start + len(chunk)].to(device), method, layers
+            )
+            for picture, grid in zip(chunk, grids, strict=True):
+                maps.append(to_image(grid, processor, picture.shape[1], picture.shape[0]).cpu().numpy())
+        return maps
+
+    def explain_batch(
+        self,
+        image: ImageInput,
+        texts: Sequence[str],
+        *,
+        lang: str | None = None,
+        templates: Sequence[str] | None = None,
+        method: Method = "dense",
+        layers: int = 1,
+        zoom: int = 1,
+    ) -> np.ndarray:
+        """Where in ``image`` each text matched: float32 (len(texts), height, width) maps in [0, 1] at the image's
+        own size, 0 where the centre crop cut the image away.
+
+        ``method``: "dense" (default), MaskCLIP's patch-text cosine (Zhou, Loy and Dai, ECCV 2022), one forward pass;
+        or "attention", gradient-weighted attention relevance (Chefer, Gur and Wolf, ICCV 2021) over the last
+        ``layers`` attention layers. ``zoom``: above 1, the image is read at ``zoom`` times the model's input size
+        in overlapping windows (about (2 zoom - 1)^2 forward passes for a square image), for small things in large
+        images; nothing is cut away then. ``lang``/``templates``: the texts are labels put in prompt templates, as
+        in ``classify``. See ``altclip.explain``."""
+        targets = self.text_targets(texts, lang, templates)
+        return self.relevance_maps([image], targets[None], method, layers, zoom)[0]
+
+    def explain(self, image: ImageInput, text: str, **options: Any) -> np.ndarray:
+        """Where in ``image`` the text matched: a float32 (height, width) map in [0, 1]; see ``explain_batch``."""
+        return self.explain_batch(image, [text], **options)[0]

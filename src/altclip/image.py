@@ -220,6 +220,21 @@ class CLIPImageProcessor:
 
     # -- preprocessing ----------------------------------------------------------------------------
 
+    def geometry(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        """Where a ``width`` x ``height`` image lands: its resized (width, height), and the crop window (left, top,
+        width, height) in the resized image's pixels (negative offsets where the crop pads a small image)."""
+        resized_w, resized_h = width, height
+        if self.do_resize:
+            size = self.size["shortest_edge"]
+            if width <= height:
+                resized_w, resized_h = size, int(size * height / width)
+            else:
+                resized_w, resized_h = int(size * width / height), size
+        if not self.do_center_crop:
+            return (resized_w, resized_h), (0, 0, resized_w, resized_h)
+        crop_w, crop_h = self.crop_size["width"], self.crop_size["height"]
+        return (resized_w, resized_h), ((resized_w - crop_w) // 2, (resized_h - crop_h) // 2, crop_w, crop_h)
+
     def preprocess_one(self, image: ImageInput, what: str = "image") -> np.ndarray:
         """One image -> float32 (3, crop height, crop width)."""
         array = to_rgb(image, what) if self.do_convert_rgb else _channels_last(_as_array(image, what), what)
