@@ -382,6 +382,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 {
                     "results": [r.to_dict() for r in result["rows"]],
                     "zeroshot_flags": [r.to_dict() for r in result["flags"]],
+                    "pointing": [r.to_dict() for r in result["pointing"]],
                     "model": str(result["model"]),
                     "seconds": result["seconds"],
                 },

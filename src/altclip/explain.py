@@ -101,7 +101,7 @@ def dense_relevance(
     with torch.no_grad():
         x = _embed_until(vision, pixel_values, len(vision.encoder.layers) - 1)  # (images, tokens, width)
         values = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(x[:, 1:])))  # (images, patches, width)
-        patches = normalize(projection(vision.post_layernorm(values)).float())  # (images, patches, dim)
+        patches = F.normalize(projection(vision.post_layernorm(values)).float(), dim=-1)  # (images, patches, dim)
         scores = _score(vision, projection, last(x, None, False)[0], targets)
         return targets @ patches.transpose(1, 2), scores  # (images, texts, patches), (images, texts)
 

@@ -57,12 +57,12 @@ def caption_font(cjk: bool, size: int) -> ImageFont.FreeTypeFont | ImageFont.Ima
     return ImageFont.load_default(size)
 
 
-def captioned(picture: Image.Image, caption: str) -> Image.Image:
-    """The picture, enlarged to at least ``MIN_SIDE`` wide, with ``caption`` in a white band under it."""
-    if picture.width < MIN_SIDE:
-        factor = -(-MIN_SIDE // picture.width)
+def captioned(picture: Image.Image, caption: str, min_side: int = MIN_SIDE) -> Image.Image:
+    """The picture, enlarged to at least ``min_side`` wide, with ``caption`` in a white band under it."""
+    if picture.width < min_side:
+        factor = -(-min_side // picture.width)
         picture = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
-    size = max(14, picture.width // 24)
+    size = max(12, picture.width // 16)
     font = caption_font(any(_is_cjk(c) for c in caption), size)
     band = int(size * 1.8)
     page = Image.new("RGB", (picture.width, picture.height + band), "white")

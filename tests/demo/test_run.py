@@ -34,6 +34,7 @@ def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
     assert rows[0].language == "English" and all(0 <= r.scores.mean_recall <= 100 for r in rows)
     report = json.loads(result["report"]["json"].read_text())
     assert len(report) == 28 and result["report"]["chart"].stat().st_size > 1000
+    assert len(result["pointing"]) == 14 * 2 * 2 and result["report"]["pointing_grid"].is_file()
     model = result["model"]
     ours = altclip.AltCLIPModel.from_pretrained(model)
     theirs = transformers.AltCLIPModel.from_pretrained(model).eval()

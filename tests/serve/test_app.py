@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from altclip.heatmap import overlay
 from altclip.serve import Catalog, ServeConfig, create_app
 from altclip.shards import scan_shard
 from altclip.tasks.index import SearchIndex
@@ -460,3 +461,18 @@ def test_a_collection_of_tar_shards_is_served_from_its_shards(tmp_path, embedder
         assert original.content == member.read() and original.headers["content-type"] == "image/jpeg"
         thumbnail = client.get(f"/api/thumbnail/shards/{i}")
         assert thumbnail.status_code == 200 and Image.open(io.BytesIO(thumbnail.content)).size == (24, 24)
+
+
+def test_explain_draws_the_query_over_the_thumbnail(client, catalog, embedder):
+    i, _ = photo(catalog, "red-circle")
+    response = client.get(f"/api/explain/photos/{i}", params={"text": "一个红色的圆形"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    drawn = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+    assert drawn.shape == (192, 256, 3)
+    thumbnail = np.asarray(Image.open(io.BytesIO(catalog.thumbnail("photos", i))).convert("RGB"))
+    expected = np.asarray(overlay(thumbnail, embedder.explain(thumbnail, "一个红色的圆形")))
+    assert np.abs(drawn.astype(int) - expected.astype(int)).max() <= 1
+    assert client.get(f"/api/explain/photos/{i}", params={"text": " "}).status_code == 400
+    assert client.get("/api/explain/photos/99999", params={"text": "red"}).status_code == 404
+    assert client.get(f"/api/explain/photos/{i}").status_code == 400  # no text at all

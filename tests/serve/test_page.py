@@ -114,6 +114,26 @@ def test_full_image_and_more_like_this(page: Page):
     assert names(page)[0] in {third, third.replace(".jpg", "-copy.jpg"), third.replace("-copy", "")}
 
 
+def test_why_toggle_draws_the_map_of_the_query(page: Page, screenshots: Path):
+    page.fill("#query", "red circle")
+    page.press("#query", "Enter")
+    page.wait_for_function(ALL_THUMBNAILS_LOADED)
+    first_image = "document.querySelector('#results img')"
+    thumbnail = page.evaluate(f"{first_image}.src")
+    why = page.locator("#results .why").first
+    expect(why).to_have_attribute("aria-pressed", "false")
+    why.click()
+    expect(why).to_have_attribute("aria-pressed", "true")
+    page.wait_for_function(f"() => {first_image}.src.startsWith('blob:') && {first_image}.complete")
+    assert page.evaluate(f"{first_image}.naturalWidth") == 256  # the map over the 256 x 192 thumbnail
+    page.screenshot(path=str(screenshots / "why.png"))
+    why.click()
+    expect(why).to_have_attribute("aria-pressed", "false")
+    assert page.evaluate(f"{first_image}.src") == thumbnail
+    page.locator("#results .card").first.click()  # the card still opens the viewer
+    expect(page.locator("#viewer")).to_be_visible()
+
+
 def test_k_dedup_and_the_index_picker(page: Page):
     expect(page.locator("#index-label")).to_be_visible()  # two indexes
     page.fill("#k", "15")

@@ -6,8 +6,9 @@
    sentencepiece tokenizer (XLM-R's layout), then phase 1 (distillation on the parallel names) and phase 2
    (contrastive on the multilingual pairs, image tower frozen): the same code as real training.
 4. Evaluation: retrieval recall on the held-out emoji per language for the teacher and the student,
-   printed like the paper's table and saved as JSON and PNG; and zero-shot classification of the flag emoji
-   among all flags by their CLDR country names, per language (``demo.flags``).
+   printed like the paper's table and saved as JSON and PNG; zero-shot classification of the flag emoji
+   among all flags by their CLDR country names, per language (``demo.flags``); and the pointing game of
+   relevance maps on 2x2 composites of held-out emoji (``demo.pointing``).
 
 Every stage writes its result into the work folder; running again reuses finished stages.
 """
@@ -27,6 +28,7 @@ from altclip import checkpoint
 from altclip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from altclip.demo.data import LANGUAGES, EmojiSet, build
 from altclip.demo.flags import FlagRow, evaluate_flags, flags_table, write_flags_report
+from altclip.demo.pointing import PointingRow, play, pointing_table, write_pointing_report
 from altclip.embedding import Embedder
 from altclip.evaluate.report import ReportRow, paper_table, write_report
 from altclip.evaluate.retrieval import evaluate_pairs
@@ -185,15 +187,22 @@ def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
     return folder
 
 
-def evaluate(config: DemoConfig, data: EmojiSet, models: dict[str, Path]) -> tuple[list[ReportRow], list[FlagRow]]:
-    """Retrieval on the held-out emoji and zero-shot flag classification, per language, for each model."""
+def evaluate(
+    config: DemoConfig, data: EmojiSet, models: dict[str, Path]
+) -> tuple[list[ReportRow], list[FlagRow], list[PointingRow], dict[str, Path]]:
+    """Retrieval on the held-out emoji, zero-shot flag classification and the pointing game of relevance maps,
+    per language, for each model."""
     embedders = {m: Embedder.from_pretrained(f, device=config.device, batch_size=256) for m, f in models.items()}
     results = {
         method: evaluate_pairs(embedder, data.folder / "test.jsonl", workers=0, progress=False)[0]
         for method, embedder in embedders.items()
     }
     retrieval = [ReportRow(LANGUAGES[lang], method, results[method][lang]) for lang in LANGUAGES for method in models]
-    return retrieval, evaluate_flags(embedders, data)
+    pointing, maps = (
+        play(embedders, data, count=min(100, len(data.test)), seed=config.seed) if len(data.test) >= 4 else ([], {})
+    )
+    paths = write_pointing_report(pointing, maps, data, config.out / "report") if pointing else {}
+    return retrieval, evaluate_flags(embedders, data), pointing, paths
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -232,13 +241,15 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             config, phase, config.out / "contrastive", config.contrastive_epochs, lr=config.contrastive_lr, warmup=20
         )
     say(config, "[5/5] evaluation: retrieval among the held-out emoji; zero-shot flags by CLDR country names")
-    rows, flags = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})
+    rows, flags, pointing, pointing_paths = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})
     paths = write_report(rows, config.out / "report", title="held-out emoji: CLIP teacher vs AltCLIP student")
     if flags:
         paths.update({f"zeroshot_{k}": v for k, v in write_flags_report(flags, config.out / "report").items()})
+    paths.update({f"pointing_{k}": v for k, v in pointing_paths.items()})
     return {
         "rows": rows,
         "flags": flags,
+        "pointing": pointing,
         "report": paths,
         "model": altclip_model,
         "teacher": teacher,
@@ -254,6 +265,13 @@ def print_summary(result: dict[str, Any]) -> None:
     if result["flags"]:
         print("\nzero-shot: each flag among all flags by CLDR country name, in templates per language (accuracy %)")
         print(flags_table(result["flags"]))
+    if result["pointing"]:
+        print(
+            "\npointing game: relevance maps of 2x2 held-out emoji composites; hit = the map's peak in the named "
+            "emoji's quarter (%, chance 25); zoom 1: one centre view, zoom 2: windows at the emoji's own size"
+        )
+        print(pointing_table(result["pointing"]))
+        print(f"examples: {result['report']['pointing_grid']}")
     print(f"\nreport: {result['report']['text']}, {result['report']['json']}, {result['report']['chart']}")
     model, data = result["model"], result["data"]
     example = data.image(data.test[0])
@@ -261,4 +279,5 @@ def print_summary(result: dict[str, Any]) -> None:
     print(f"try:  altclip classify {example} --model {model} --labels 猫 狗 太阳 爱心 --lang zh")
     print(f"      altclip embed {data.folder / 'images'} --out {model.parent.parent / 'emoji-index'} --model {model}")
     print(f'      altclip search {model.parent.parent / "emoji-index"} --text "笑脸" --model {model}')
+    print(f"      altclip explain {example} --text 笑脸 猫 --model {model} --out {model.parent.parent / 'maps'}")
     print(f"      altclip serve {model.parent.parent / 'emoji-index'}    # then open http://127.0.0.1:8000")

@@ -10,6 +10,7 @@
     POST /api/classify                      multipart "image", "labels" (a JSON list), "lang"
     GET  /api/thumbnail/{index}/{id}        JPEG, at most 256 px on its long side, cached
     GET  /api/image/{index}/{id}            the original file
+    GET  /api/explain/{index}/{id}?text=    PNG: the thumbnail under the relevance map of the text ("why?")
 
 Errors are ``{"error": "..."}`` with a fitting status: 400 bad input, 401 no token, 404 unknown index or
 image, 413 body over the upload limit, 415 neither JSON nor multipart, 503 queue full (with Retry-After).
@@ -17,6 +18,7 @@ image, 413 body over the upload limit, 415 neither JSON nor multipart, 503 queue
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import mimetypes
@@ -41,7 +43,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from altclip.embedding import Embedder
-from altclip.image import ImageLoadError
+from altclip.heatmap import overlay
+from altclip.image import ImageLoadError, load_image, to_rgb
 from altclip.prompts import TEMPLATES
 from altclip.serve.catalog import Catalog, NotFound
 from altclip.serve.middleware import LimitBody, Metrics, RecordMetrics, RequireToken, error
@@ -389,6 +392,24 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
         if not Path(source).is_file():
             raise NotFound(f"the image is no longer there: {source}")
         return FileResponse(source, headers=CACHED)
+
+    @get(
+        "/explain/{index}/{id}",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, 404: ERRORS[404]},
+    )
+    async def explain(index: str, id: str, text: str, lang: str | None = None) -> Response:
+        """The thumbnail with the relevance map of ``text`` over it (where in the image the text matched), as PNG."""
+        if not text.strip():
+            raise ValueError("text is empty")
+        try:
+            picture = to_rgb(load_image(await run_in_threadpool(catalog.thumbnail, index, id), name=f"{index}/{id}"))
+        except ImageLoadError as err:
+            raise NotFound(f"the image is no longer readable: {err}") from err
+        relevance = await worker.call(lambda: embedder.explain(picture, text, lang=lang))
+        png = io.BytesIO()
+        overlay(picture, relevance).save(png, format="PNG")
+        return Response(png.getvalue(), media_type="image/png", headers=CACHED)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

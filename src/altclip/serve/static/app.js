@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   token: sessionStorage.getItem("altclip-token") || "",
   objectUrls: [], // blob: URLs made for images fetched with a token, released on the next search
+  queryText: "", // the text of the current search, for the "why?" maps; empty for image searches
 };
 
 // -- talking to the server -------------------------------------------------------------------------
@@ -82,12 +83,14 @@ function searchText(text) {
   }
   const body = JSON.stringify({ text, ...options() });
   const request = () => api("api/search", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+  state.queryText = text;
   search(request, `“${text}”`);
 }
 
 function searchImage(file) {
   const form = new FormData();
   const { k, index, dedup } = options();
+  state.queryText = "";
   form.append("image", file);
   form.append("k", String(k));
   form.append("dedup", String(dedup));
@@ -98,6 +101,7 @@ function searchImage(file) {
 function searchLike(result, index) {
   const body = JSON.stringify({ ...options(), id: result.id, index });
   const request = () => api("api/search", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+  state.queryText = "";
   search(request, `like ${basename(result.path)}`);
 }
 
@@ -133,12 +137,46 @@ function render(data, label, ms) {
     card.addEventListener("click", () => openViewer(result, data.index));
     const item = document.createElement("li");
     item.append(card);
+    if (state.queryText) item.append(whyToggle(img, result, data.index, state.queryText));
     grid.append(item);
   }
   const dropped = data.dedup ? `, ${data.dropped} near-duplicates hidden` : "";
   const count = data.results.length === 1 ? "1 result" : `${data.results.length} results`;
   setStatus(`${count} ${label} in ${data.index} (${Math.round(ms)} ms${dropped})`);
   $("drop-hint").hidden = data.results.length > 0;
+}
+
+// "why?": the thumbnail swapped for the relevance map of the query over it, and back.
+function whyToggle(img, result, index, text) {
+  const why = document.createElement("button");
+  why.type = "button";
+  why.className = "why";
+  why.textContent = "why?";
+  why.title = `where this image matches “${text}”`;
+  why.setAttribute("aria-pressed", "false");
+  why.addEventListener("click", async () => {
+    const on = why.getAttribute("aria-pressed") !== "true";
+    why.setAttribute("aria-pressed", String(on));
+    if (!on) {
+      showImage(img, result.thumbnail);
+      return;
+    }
+    const url = `api/explain/${encodeURIComponent(index)}/${result.id}?text=${encodeURIComponent(text)}`;
+    why.disabled = true;
+    try {
+      const response = await fetch(url, { headers: authorized() });
+      if (!response.ok) throw new Error(`could not explain ${basename(result.path)}: ${response.status}`);
+      const objectUrl = URL.createObjectURL(await response.blob());
+      state.objectUrls.push(objectUrl);
+      img.src = objectUrl;
+    } catch (err) {
+      why.setAttribute("aria-pressed", "false");
+      showError(err.message);
+    } finally {
+      why.disabled = false;
+    }
+  });
+  return why;
 }
 
 // -- the full image and "more like this" ---------------------------------------------------------

@@ -1,0 +1,140 @@
+"""The pointing game: does a relevance map point at the emoji a text names?
+
+Composites of 2 x 2 held-out emoji, each drawn at the demo's resolution (so a composite is twice the model's input
+on each side). The query is the CLDR name of one of the four, in each language; a hit is the map's maximum falling
+in that emoji's quarter (chance: 25%). Played at zoom 1 (the single centre view, where the model sees each emoji at
+half the size it trained on) and at zoom 2 (windows of the model's input over the composite at its own size).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from altclip import checkpoint
+from altclip.demo.data import LANGUAGES, EmojiSet
+from altclip.embedding import Embedder
+from altclip.heatmap import captioned, overlay
+from altclip.tables import format_table
+
+ZOOMS = (1, 2)
+GRID_LANGUAGES = ("en", "zh", "ja", "ko", "ar", "ru", "fa")
+
+
+@dataclass
+class PointingRow:
+    language: str
+    method: str
+    zoom: int
+    hits: int
+    queries: int
+
+    @property
+    def rate(self) -> float:
+        return 100.0 * self.hits / self.queries
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "hit_rate": round(self.rate, 2)}
+
+
+def composites(data: EmojiSet, count: int, seed: int = 0) -> list[tuple[Image.Image, list[str]]]:
+    """``count`` 2 x 2 composites of distinct held-out emoji (row-major quarters), at the images' own size."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        four = rng.sample(data.test, 4)
+        tiles = [Image.open(data.image(c)).convert("RGB") for c in four]
+        side = tiles[0].width
+        canvas = Image.new("RGB", (2 * side, 2 * side), "white")
+        for quarter, tile in enumerate(tiles):
+            canvas.paste(tile, ((quarter % 2) * side, (quarter // 2) * side))
+        out.append((canvas, four))
+    return out
+
+
+def quarter_of(relevance: np.ndarray) -> int:
+    """The row-major quarter (0..3) of a map's maximum."""
+    y, x = np.unravel_index(int(relevance.argmax()), relevance.shape)
+    return int(y >= relevance.shape[0] / 2) * 2 + int(x >= relevance.shape[1] / 2)
+
+
+def play(
+    embedders: dict[str, Embedder], data: EmojiSet, count: int = 100, seed: int = 0
+) -> tuple[list[PointingRow], dict[tuple[str, str, int], list[np.ndarray]]]:
+    """Hit rates per language, model and zoom, and every map (for the picture), keyed the same way."""
+    games = composites(data, count, seed)
+    pictures = [np.asarray(image) for image, _ in games]
+    rows, maps = [], {}
+    for lang in LANGUAGES:
+        texts = [data.names[c][lang] for _, four in games for c in four]
+        for method, embedder in embedders.items():
+            targets = embedder.embed_texts(texts).view(len(games), 4, -1)  # (composites, quarters, dim)
+            for zoom in ZOOMS:
+                found = embedder.relevance_maps(pictures, targets, zoom=zoom)  # each (4, height, width)
+                hits = sum(quarter_of(m[q]) == q for m in found for q in range(4))
+                rows.append(PointingRow(LANGUAGES[lang], method, zoom, hits, 4 * len(games)))
+                maps[lang, method, zoom] = found
+    return rows, maps
+
+
+def pointing_table(rows: Sequence[PointingRow]) -> str:
+    """Languages down, (model, zoom) across: hit rate %."""
+    columns = list(dict.fromkeys((r.method, r.zoom) for r in rows))
+    by_key = {(r.language, r.method, r.zoom): r for r in rows}
+    headers = ["Language"] + [f"{method} zoom {zoom}" for method, zoom in columns]
+    body = [
+        [language] + [f"{by_key[language, m, z].rate:.1f}" for m, z in columns]
+        for language in dict.fromkeys(r.language for r in rows)
+    ]
+    return format_table(headers, body)
+
+
+def draw_examples(
+    data: EmojiSet, maps: dict[tuple[str, str, int], list[np.ndarray]], count: int, path: Path, seed: int = 0
+) -> None:
+    """A PNG grid: per example composite and zoom, a row of maps for one of its emoji, in several languages (and
+    the teacher's English first), each captioned with hit or miss and the query."""
+    games = composites(data, count, seed)
+    langs = [lang for lang in GRID_LANGUAGES if lang in LANGUAGES]
+    columns = [("en", "CLIP")] + [(lang, "AltCLIP") for lang in langs]
+    rows = []
+    for example, (image, four) in enumerate(games):
+        quarter = example % 4
+        for zoom in ZOOMS:
+            cells = []
+            for lang, method in columns:
+                relevance = maps[lang, method, zoom][example][quarter]
+                mark = "hit" if quarter_of(relevance) == quarter else "miss"
+                caption = f"{mark} {method} x{zoom}: {data.names[four[quarter]][lang]}"[:30]
+                cells.append(captioned(overlay(np.asarray(image), relevance), caption, min_side=192))
+            rows.append(cells)
+    width, height = rows[0][0].size
+    sheet = Image.new("RGB", (width * len(columns), height * len(rows)), "white")
+    for r, cells in enumerate(rows):
+        for c, cell in enumerate(cells):
+            sheet.paste(cell, (c * width, r * height))
+    with checkpoint.atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+
+
+def write_pointing_report(
+    rows: Sequence[PointingRow],
+    maps: dict[tuple[str, str, int], list[np.ndarray]],
+    data: EmojiSet,
+    folder: Path,
+    examples: int = 3,
+) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "pointing.json", "text": folder / "pointing.txt", "grid": folder / "pointing.png"}
+    body = json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False) + "\n"
+    checkpoint.atomic_write_bytes(paths["json"], body.encode("utf-8"))
+    checkpoint.atomic_write_bytes(paths["text"], (pointing_table(rows) + "\n").encode("utf-8"))
+    draw_examples(data, maps, examples, paths["grid"])
+    return paths
