@@ -248,3 +248,22 @@ def test_explain_command_writes_the_files_it_names(tmp_path, altclip_checkpoint,
     )
     assert main([*args, "--method", "attention", "--zoom", "2"]) == 0
     assert "peak (x, y)" in capsys.readouterr().out
+
+
+def test_windows_that_all_miss_still_give_a_map():
+    vision, projection = region_tower()
+    pixels = red_at([(0, 1)], size=64)
+    grid = windowed_relevance(vision, projection, pixels, torch.tensor([[-1.0, 0.0]]), 32, "dense")  # "not red"
+    assert float(grid.max()) == 1.0  # every window's cosine is <= 0: they count alike instead of vanishing
+
+
+def test_sixteen_bit_and_int8_models_explain(altclip_checkpoint, embedder):
+    image = np.random.default_rng(2).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    reference = embedder.explain(image, "a red circle")
+    for dtype in ("bfloat16", "int8"):
+        low = Embedder.from_pretrained(altclip_checkpoint, dtype=dtype)
+        got = low.explain(image, "a red circle")
+        assert got.shape == reference.shape and np.abs(got - reference).mean() < 0.1
+    assert low.explain(image, "a red circle", zoom=2).shape == (24, 40)
+    with pytest.raises(ValueError, match="int8 models do not give"):
+        low.explain(image, "a red circle", method="attention")

@@ -236,6 +236,15 @@ class Embedder:
             raise ValueError("relevance maps need the torch backend; this model runs in ONNX Runtime")
         if zoom < 1:
             raise ValueError(f"zoom must be at least 1, got {zoom}")
+        if method == "attention" and self.precision.dtype == "int8":
+            raise ValueError('the "attention" method needs gradients, which int8 models do not give; use "dense"')
+        with self.model.autocast():  # 16-bit models multiply in 16 bits, as when they embed
+            return self._relevance_maps(images, targets, method, layers, zoom)
+
+    def _relevance_maps(
+        self, images: Sequence[ImageInput], targets: Tensor, method: Method, layers: int, zoom: int
+    ) -> list[np.ndarray]:
+        vision = self.model.vision_model
         processor = self.processor.image_processor
         pictures = [to_rgb(image, f"images[{i}]") for i, image in enumerate(images)]
         device, projection = self.model.device, self.model.visual_projection

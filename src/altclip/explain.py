@@ -18,7 +18,8 @@ Two published methods for CLIP's ViT image tower, both computed here from the to
 ``zoom`` above 1 explains small things in large images: the image is resized so its short side is ``zoom`` times
 the model's input, and windows of the model's input size, half a window apart, cover all of it, as the dense CLIP
 methods above evaluate segmentation ("slide inference"). Each window's map is weighted by how well the window as a
-whole matches the text (its cosine, clamped at 0), and the weighted maps are averaged where windows overlap.
+whole matches the text (its cosine, clamped at 0; all alike if no window's is above 0), and the weighted maps are
+averaged where windows overlap.
 
 Either way the layers before the explained ones run on the fast attention path (``scaled_dot_product_attention``)
 without autograd; only the explained layers compute their attention weights, and only here, so normal inference
@@ -161,7 +162,9 @@ def windowed_relevance(
     crops = torch.cat([pixel_values[:, :, t : t + window, x : x + window] for t, x in boxes])  # (windows, 3, w, w)
     maps, scores = relevance(vision, projection, crops, targets[None].expand(len(boxes), -1, -1), method, layers)
     maps = F.interpolate(maps.float(), size=crops.shape[-2:], mode="bilinear", align_corners=False)
-    weighted = maps * scores.clamp(min=0)[:, :, None, None]  # (windows, texts, w, w)
+    weights = scores.clamp(min=0)  # (windows, texts)
+    weights = torch.where(weights.sum(dim=0, keepdim=True) > 0, weights, 1.0)  # no window matches: all count alike
+    weighted = maps * weights[:, :, None, None]  # (windows, texts, w, w)
     total = torch.zeros(targets.shape[0], height, width, device=maps.device)
     count = torch.zeros(height, width, device=maps.device)
     for (top, left), part in zip(boxes, weighted, strict=True):
