@@ -119,12 +119,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from altclip import checkpoint
+    from altclip.explain import peak
     from altclip.heatmap import captioned, overlay, slug
-    from altclip.image import load_image, to_rgb
+    from altclip.image import to_rgb
 
-    picture = to_rgb(load_image(args.image), args.image)
-    if picture.dtype != np.uint8:
-        picture = np.round(picture * 255).astype(np.uint8)
+    picture = to_rgb(args.image)  # (height, width, 3) uint8, EXIF orientation applied
     embedder = load_embedder(args)
     maps = embedder.explain_batch(
         picture, args.text, lang=args.lang, method=args.method, layers=args.layers, zoom=args.zoom
@@ -144,8 +143,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             with checkpoint.atomic_path(npy) as tmp, tmp.open("wb") as f:
                 np.save(f, relevance, allow_pickle=False)
             row["npy"] = str(npy)
-        y, x = np.unravel_index(int(relevance.argmax()), relevance.shape)
-        row["peak"] = [int(x), int(y)]
+        x, y = peak(relevance)
+        row["peak"] = [x, y]
         data.append(row)
         rows.append((text, f"({x}, {y})", str(png)))
     emit(

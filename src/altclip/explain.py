@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -186,3 +187,9 @@ def to_image(maps: Tensor, processor: CLIPImageProcessor, width: int, height: in
         maps[:, None].float(), grid.to(maps.device), mode="bilinear", padding_mode="border", align_corners=False
     )
     return sampled[:, 0] * inside.to(maps.device)  # (maps, height, width)
+
+
+def peak(relevance: np.ndarray) -> tuple[int, int]:
+    """The (x, y) pixel of a (height, width) map's maximum."""
+    y, x = np.unravel_index(int(relevance.argmax()), relevance.shape)
+    return int(x), int(y)

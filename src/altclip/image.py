@@ -121,12 +121,17 @@ def _float_to_uint8_scale(array: np.ndarray, what: str) -> bool:
     raise ValueError(f"{what}: float pixels must lie in [0, 1], got [{array.min()}, {array.max()}]")
 
 
+def shortest_edge_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) scaled so the shorter side is ``size``, the longer side truncated to an int."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
 def resize_shortest_edge(array: np.ndarray, size: int, resample: int, what: str = "image") -> np.ndarray:
     """Scale so the shorter side is ``size`` (the longer side truncated to an int), with Pillow."""
     height, width = array.shape[:2]
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    new_height, new_width = (new_long, size) if width <= height else (size, new_long)
+    new_width, new_height = shortest_edge_size(width, height, size)
     scaled = _float_to_uint8_scale(array, what)
     pixels = (array.astype(np.float64) * 255).astype(np.float32) if scaled else array
     pil = Image.fromarray(pixels.astype(np.uint8).squeeze(-1) if array.shape[-1] == 1 else pixels.astype(np.uint8))
@@ -225,11 +230,7 @@ class CLIPImageProcessor:
         width, height) in the resized image's pixels (negative offsets where the crop pads a small image)."""
         resized_w, resized_h = width, height
         if self.do_resize:
-            size = self.size["shortest_edge"]
-            if width <= height:
-                resized_w, resized_h = size, int(size * height / width)
-            else:
-                resized_w, resized_h = int(size * width / height), size
+            resized_w, resized_h = shortest_edge_size(width, height, self.size["shortest_edge"])
         if not self.do_center_crop:
             return (resized_w, resized_h), (0, 0, resized_w, resized_h)
         crop_w, crop_h = self.crop_size["width"], self.crop_size["height"]

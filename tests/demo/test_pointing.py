@@ -50,16 +50,16 @@ def test_play_counts_hits_and_writes_the_report(tmp_path, altclip_checkpoint, cl
         "CLIP": Embedder.from_pretrained(clip_checkpoint),
         "AltCLIP": Embedder.from_pretrained(altclip_checkpoint),
     }
-    rows, maps = play(embedders, data, count=5)
-    assert len(rows) == len(LANGUAGES) * 2 * 2 and all(r.queries == 20 for r in rows)
     games = composites(data, 5)
+    rows, maps = play(embedders, data, games)
+    assert len(rows) == len(LANGUAGES) * 2 * 2 and all(r.queries == 20 for r in rows)
     for row in rows:
         lang = next(code for code, name in LANGUAGES.items() if name == row.language)
         found = maps[lang, row.method, row.zoom]
         assert all(m.shape == (4, 64, 64) for m in found)
         assert row.hits == sum(quarter_of(m[q]) == q for m in found for q in range(4))
     assert len(games) == 5
-    paths = write_pointing_report(rows, maps, data, tmp_path / "report", examples=2)
+    paths = write_pointing_report(rows, maps, games, data, tmp_path / "report", examples=2)
     assert json.loads(paths["json"].read_text())[0]["hit_rate"] == rows[0].rate
     assert "AltCLIP zoom 2" in paths["text"].read_text()
     with Image.open(paths["grid"]) as grid:

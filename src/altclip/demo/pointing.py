@@ -21,11 +21,14 @@ from PIL import Image
 from altclip import checkpoint
 from altclip.demo.data import LANGUAGES, EmojiSet
 from altclip.embedding import Embedder
+from altclip.explain import peak
 from altclip.heatmap import captioned, overlay
 from altclip.tables import format_table
 
 ZOOMS = (1, 2)
 GRID_LANGUAGES = ("en", "zh", "ja", "ko", "ar", "ru", "fa")
+Game = tuple[Image.Image, list[str]]  # a composite and its four emoji, row-major
+Maps = dict[tuple[str, str, int], list[np.ndarray]]  # (language, model, zoom) -> per composite (4, height, width)
 
 
 @dataclass
@@ -44,7 +47,7 @@ class PointingRow:
         return {**self.__dict__, "hit_rate": round(self.rate, 2)}
 
 
-def composites(data: EmojiSet, count: int, seed: int = 0) -> list[tuple[Image.Image, list[str]]]:
+def composites(data: EmojiSet, count: int, seed: int = 0) -> list[Game]:
     """``count`` 2 x 2 composites of distinct held-out emoji (row-major quarters), at the images' own size."""
     rng = random.Random(seed)
     out = []
@@ -61,15 +64,12 @@ def composites(data: EmojiSet, count: int, seed: int = 0) -> list[tuple[Image.Im
 
 def quarter_of(relevance: np.ndarray) -> int:
     """The row-major quarter (0..3) of a map's maximum."""
-    y, x = np.unravel_index(int(relevance.argmax()), relevance.shape)
+    x, y = peak(relevance)
     return int(y >= relevance.shape[0] / 2) * 2 + int(x >= relevance.shape[1] / 2)
 
 
-def play(
-    embedders: dict[str, Embedder], data: EmojiSet, count: int = 100, seed: int = 0
-) -> tuple[list[PointingRow], dict[tuple[str, str, int], list[np.ndarray]]]:
+def play(embedders: dict[str, Embedder], data: EmojiSet, games: Sequence[Game]) -> tuple[list[PointingRow], Maps]:
     """Hit rates per language, model and zoom, and every map (for the picture), keyed the same way."""
-    games = composites(data, count, seed)
     pictures = [np.asarray(image) for image, _ in games]
     rows, maps = [], {}
     for lang in LANGUAGES:
@@ -96,14 +96,10 @@ def pointing_table(rows: Sequence[PointingRow]) -> str:
     return format_table(headers, body)
 
 
-def draw_examples(
-    data: EmojiSet, maps: dict[tuple[str, str, int], list[np.ndarray]], count: int, path: Path, seed: int = 0
-) -> None:
+def draw_examples(data: EmojiSet, games: Sequence[Game], maps: Maps, path: Path) -> None:
     """A PNG grid: per example composite and zoom, a row of maps for one of its emoji, in several languages (and
     the teacher's English first), each captioned with hit or miss and the query."""
-    games = composites(data, count, seed)
-    langs = [lang for lang in GRID_LANGUAGES if lang in LANGUAGES]
-    columns = [("en", "CLIP")] + [(lang, "AltCLIP") for lang in langs]
+    columns = [("en", "CLIP")] + [(lang, "AltCLIP") for lang in GRID_LANGUAGES]
     rows = []
     for example, (image, four) in enumerate(games):
         quarter = example % 4
@@ -125,16 +121,13 @@ def draw_examples(
 
 
 def write_pointing_report(
-    rows: Sequence[PointingRow],
-    maps: dict[tuple[str, str, int], list[np.ndarray]],
-    data: EmojiSet,
-    folder: Path,
-    examples: int = 3,
+    rows: Sequence[PointingRow], maps: Maps, games: Sequence[Game], data: EmojiSet, folder: Path, examples: int = 3
 ) -> dict[str, Path]:
+    """``pointing.json``, ``pointing.txt`` and ``pointing.png`` (the first ``examples`` games drawn) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "pointing.json", "text": folder / "pointing.txt", "grid": folder / "pointing.png"}
     body = json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False) + "\n"
     checkpoint.atomic_write_bytes(paths["json"], body.encode("utf-8"))
     checkpoint.atomic_write_bytes(paths["text"], (pointing_table(rows) + "\n").encode("utf-8"))
-    draw_examples(data, maps, examples, paths["grid"])
+    draw_examples(data, games[:examples], maps, paths["grid"])
     return paths

@@ -28,7 +28,7 @@ from altclip import checkpoint
 from altclip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from altclip.demo.data import LANGUAGES, EmojiSet, build
 from altclip.demo.flags import FlagRow, evaluate_flags, flags_table, write_flags_report
-from altclip.demo.pointing import PointingRow, play, pointing_table, write_pointing_report
+from altclip.demo.pointing import PointingRow, composites, play, pointing_table, write_pointing_report
 from altclip.embedding import Embedder
 from altclip.evaluate.report import ReportRow, paper_table, write_report
 from altclip.evaluate.retrieval import evaluate_pairs
@@ -198,10 +198,11 @@ def evaluate(
         for method, embedder in embedders.items()
     }
     retrieval = [ReportRow(LANGUAGES[lang], method, results[method][lang]) for lang in LANGUAGES for method in models]
-    pointing, maps = (
-        play(embedders, data, count=min(100, len(data.test)), seed=config.seed) if len(data.test) >= 4 else ([], {})
-    )
-    paths = write_pointing_report(pointing, maps, data, config.out / "report") if pointing else {}
+    pointing, paths = [], {}
+    if len(data.test) >= 4:  # a small --limit run may hold out fewer emoji than a composite needs
+        games = composites(data, count=min(100, len(data.test)), seed=config.seed)
+        pointing, maps = play(embedders, data, games)
+        paths = write_pointing_report(pointing, maps, games, data, config.out / "report")
     return retrieval, evaluate_flags(embedders, data), pointing, paths
 
 
