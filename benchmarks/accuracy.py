@@ -4,14 +4,14 @@
     .venv/bin/python benchmarks/accuracy.py altclip-demo
     .venv/bin/python benchmarks/accuracy.py altclip-demo --vit-l   # also: ViT-L/14 size, float32 vs auto
 
-For each mode (--dtype auto, and what it chose; int8; bfloat16; float16; torch.compile; ONNX Runtime on
+For each mode (--precision auto, and what it chose; int8; bfloat16; float16; torch.compile; ONNX Runtime on
 exports written here, float32 and int8): the cosine between its embeddings and float32's (images and every
 language's names), and zero-shot top-1 over the held-out emoji (each image classified among all their
 English / Chinese names): the mode's accuracy and how often its top-1 equals float32's. Seconds include
 compilation for compile.
 
 ``--vit-l``: the demo's model is small, so the same held-out images also go through a random-weight image
-tower at BAAI/AltCLIP's size (ViT-L/14, 224 px) in float32, --dtype auto and int8: min cosine to float32 and
+tower at BAAI/AltCLIP's size (ViT-L/14, 224 px) in float32, --precision auto and int8: min cosine to float32 and
 images/s at batch 32 (the issue's goal: auto >= 2.5x float32 at cosine >= 0.999 on AVX512-BF16 CPUs).
 """
 
@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from speed import SIZES
 
-from altclip.export import export_onnx
-from altclip.hardware import detect_cpu
+from altclip.embedder import Embedder
+from altclip.runtime.export import export_onnx
+from altclip.runtime.hardware import detect_cpu
 from altclip.tables import format_table
-from altclip.tasks import Embedder
 
 
 def zero_shot_top1(embedder: Embedder, images: torch.Tensor, names: list[str]) -> torch.Tensor:
@@ -49,16 +49,16 @@ def main() -> int:
     test = split["test"]
     images = [str(args.demo / "data" / "images" / ("-".join(f"{ord(c):x}" for c in e) + ".png")) for e in test]
     texts = [split["names"][e][lang] for e in test for lang in split["names"][e]]
-    reference = Embedder.from_pretrained(model, dtype="float32", batch_size=64)
+    reference = Embedder.from_pretrained(model, precision="float32", batch_size=64)
     ref_images, ref_texts = reference.embed_images(images), reference.embed_texts(texts)
     labels = torch.arange(len(test))
     rows, data = [], {}
     modes = {
-        "float32": {"dtype": "float32"},
-        "auto": {"dtype": "auto"},
-        "int8": {"dtype": "int8"},
-        "bfloat16": {"dtype": "bfloat16"},
-        "float16": {"dtype": "float16"},
+        "float32": {"precision": "float32"},
+        "auto": {"precision": "auto"},
+        "int8": {"precision": "int8"},
+        "bfloat16": {"precision": "bfloat16"},
+        "float16": {"precision": "float16"},
         "compile": {"backend": "compile"},
         "onnx": {"backend": "onnx"},
         "onnx-int8": {"backend": "onnx"},
@@ -72,7 +72,7 @@ def main() -> int:
         source = exported / mode if mode.startswith("onnx") else model
         embedder = Embedder.from_pretrained(source, batch_size=64, **options)
         if mode == "auto":
-            mode = f"auto ({embedder.precision.dtype})"
+            mode = f"auto ({embedder.precision.name})"
         start = time.perf_counter()
         vectors_i, vectors_t = embedder.embed_images(images).float(), embedder.embed_texts(texts).float()
         seconds = time.perf_counter() - start
@@ -132,9 +132,9 @@ def main() -> int:
 def vit_l(images: list[str]) -> dict[str, dict[str, float]]:
     """The held-out images through a random-weight ViT-L/14 image tower at 224 px: float32, auto and int8."""
     from altclip import AltCLIPConfig, AltCLIPModel, CLIPImageProcessor
-    from altclip.hardware import choose_dtype
+    from altclip.runtime.hardware import choose_precision
 
-    auto = choose_dtype(torch.device("cpu")).dtype
+    auto = choose_precision(torch.device("cpu")).name
     config = {  # BAAI/AltCLIP's image tower (speed.py's "real" size) beside a token text tower
         "vision_config": SIZES["real"]["vision_config"],
         "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "project_dim": 64},
@@ -147,7 +147,7 @@ def vit_l(images: list[str]) -> dict[str, dict[str, float]]:
         AltCLIPModel(AltCLIPConfig.from_dict(config)).save_pretrained(tmp)
         reference = None
         for mode, matmul in (("float32", None), (f"auto ({auto})", auto), ("int8", "int8")):
-            model = AltCLIPModel.from_pretrained(tmp, matmul_dtype=matmul)
+            model = AltCLIPModel.from_pretrained(tmp, precision=matmul)
             with torch.inference_mode():
                 model.get_image_features(pixels[:32])  # warm-up (int8 compiles its kernel here)
                 start = time.perf_counter()

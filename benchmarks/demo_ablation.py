@@ -25,9 +25,9 @@ from typing import Any
 
 from altclip.demo import run as demo
 from altclip.demo.data import LANGUAGES
-from altclip.embedding import Embedder
+from altclip.embedder import Embedder
 from altclip.evaluate.retrieval import evaluate_pairs
-from altclip.hardware import detect_cpu
+from altclip.runtime.hardware import detect_cpu
 from altclip.tables import format_table
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -96,11 +96,11 @@ def run_variant(root: Path, name: str, overrides: dict[str, Any], seed: int, tim
         key = f"{seed}:{stage}:{stage_key(config, stage)}"
         times.setdefault(f"{key}:folder", str(config.out / stage))
     times[f"{name}:{seed}:seconds"] = total
-    data = result["data"]
+    data = result.data
     return {
-        "teacher": mr(result["teacher"], data, config.device),
-        "distilled": mr(result["distilled"], data, config.device),
-        "student": mr(result["model"], data, config.device),
+        "teacher": mr(result.teacher, data, config.device),
+        "distilled": mr(result.distilled, data, config.device),
+        "student": mr(result.model, data, config.device),
     }
 
 

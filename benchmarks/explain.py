@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from altclip.config import CLIPVisionConfig
-from altclip.explain import relevance, to_image, windowed_relevance
-from altclip.hardware import detect_cpu
-from altclip.image import CLIPImageProcessor
-from altclip.models import normalize
-from altclip.vision import CLIPVisionTransformer
+from altclip.explain.relevance import relevance, to_image, windowed_relevance
+from altclip.modeling.config import CLIPVisionConfig
+from altclip.modeling.models import normalize
+from altclip.modeling.vision import CLIPVisionTransformer
+from altclip.processing.image import CLIPImageProcessor
+from altclip.runtime.hardware import detect_cpu
 
 SIZES = {
     "large": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,

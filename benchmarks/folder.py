@@ -13,7 +13,7 @@ photographs, upscaled, with sensor-like grain so that they carry fine detail. Me
 - the pixel difference draft mode makes (8-bit levels, after resize and crop) and the embedding cosine;
 - the model alone (image embeddings/s, batch 32), so the share of preprocessing in the whole is visible;
 - the whole job: transformers as its docs do it (open, process, ``get_image_features``, batches of 32)
-  against ``altclip embed`` (worker processes decode while the model runs; shards written to disk) with
+  against ``altclip embed`` (worker processes decode while the model runs; parts written to disk) with
   the exact decode, draft decoding (its default), draft + torch.compile, draft + int8, and draft + an
   ONNX export quantized to int8 (`--backend onnx`; the export is not timed).
 """
@@ -82,7 +82,7 @@ def preprocessing(paths: list[Path], size: int) -> dict[str, Any]:
     """Decode and resize costs (ms per image; Pillow and NumPy use one core), transformers' path and altclip's."""
     import transformers
 
-    from altclip.image import CLIPImageProcessor, load_image
+    from altclip.processing.image import CLIPImageProcessor, load_image
 
     ours = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     theirs = transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
@@ -100,8 +100,8 @@ def preprocessing(paths: list[Path], size: int) -> dict[str, Any]:
 
 def draft_difference(paths: list[Path], size: int, model) -> dict[str, Any]:
     """How far draft decoding moves the model's input (8-bit levels) and its embeddings (cosine)."""
-    from altclip.image import CLIPImageProcessor, load_image
-    from altclip.models import normalize
+    from altclip.modeling.models import normalize
+    from altclip.processing.image import CLIPImageProcessor, load_image
 
     processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     std = np.asarray(processor.image_std, dtype=np.float32)[:, None, None]
@@ -143,22 +143,22 @@ def transformers_loop(folder: Path, paths: list[Path], batch_size: int) -> float
 
 
 def altclip_embed(folder: Path, photos: Path, out: Path, batch_size: int, workers: int, **options: Any) -> float:
-    """Images per second of ``altclip embed`` (shards on disk, no index), after warm-up calls at batch 1 and
+    """Images per second of ``altclip embed`` (parts on disk, no index), after warm-up calls at batch 1 and
     ``batch_size`` (where torch.compile compiles: a long job pays that once)."""
-    from altclip.tasks import Embedder
-    from altclip.tasks.collection import embed_collection
+    from altclip.embedder import Embedder
+    from altclip.search.collection import embed_collection
 
-    dtype, backend = options.pop("dtype", None), options.pop("backend", "torch")
+    precision, backend = options.pop("precision", None), options.pop("backend", "torch")
     if backend == "onnx":  # the vision tower exported with ONNX Runtime's int8 quantization
         import altclip
-        from altclip.export import export_onnx
+        from altclip.runtime.export import export_onnx
 
         model = altclip.AltCLIPModel.from_pretrained(folder)
         export_onnx(model, out.with_name("onnx-int8"), towers=["vision"], quantize="int8")
         altclip.AltCLIPProcessor.from_pretrained(folder).save_pretrained(out.with_name("onnx-int8"))
         del model
         folder = out.with_name("onnx-int8")
-    embedder = Embedder.from_pretrained(folder, dtype=dtype, batch_size=batch_size, backend=backend)
+    embedder = Embedder.from_pretrained(folder, precision=precision, batch_size=batch_size, backend=backend)
     size = embedder.processor.image_processor.crop_size["height"]
     embedder.embed_pixels(torch.randn(1, 3, size, size))
     embedder.embed_pixels(torch.randn(batch_size, 3, size, size))
@@ -167,8 +167,8 @@ def altclip_embed(folder: Path, photos: Path, out: Path, batch_size: int, worker
         photos, out, embedder, str(folder), batch_size=batch_size, workers=workers, progress=False, **options
     )
     seconds = time.perf_counter() - start
-    assert summary["embedded"] == summary["files"], summary
-    return summary["files"] / seconds
+    assert summary.embedded == summary.files, summary
+    return summary.files / seconds
 
 
 def model_only(folder: Path, size: int, batch_size: int) -> float:
@@ -265,7 +265,7 @@ def main() -> int:
             size={"shortest_edge": size}, crop_size={"height": size, "width": size}
         )
         processor.save_pretrained(folder)
-        from altclip.tokenization import XLMRobertaTokenizer, train_sentencepiece
+        from altclip.processing.tokenization import XLMRobertaTokenizer, train_sentencepiece
 
         spm = train_sentencepiece([f"a photo number {i}" for i in range(200)], tmp / "spm.model", vocab_size=60)
         XLMRobertaTokenizer.from_sentencepiece(spm).save_pretrained(folder)
@@ -285,7 +285,7 @@ def main() -> int:
             ("altclip embed --exact-decode", {}),
             ("altclip embed (draft decoding)", {"draft": True}),
             ("altclip embed --backend compile", {"draft": True, "backend": "compile"}),
-            ("altclip embed --dtype int8", {"draft": True, "dtype": "int8"}),
+            ("altclip embed --precision int8", {"draft": True, "precision": "int8"}),
             ("altclip embed --backend onnx (int8 export)", {"draft": True, "backend": "onnx"}),
         ):
             print(f"{name} ...", file=sys.stderr, flush=True)

@@ -5,14 +5,14 @@
 
 The vectors imitate image embeddings: unit vectors around 1,000 topics, in groups of about five near
 neighbours (cosine ~0.87 within a group, ~0.5 within a topic, ~0 across). They are written as an embedding
-folder in shards of 100,000 (float16, 1.5 GB at 1M x 768), then indexed by ``altclip index --kind ivfpq``
+folder in parts of 100,000 (float16, 1.5 GB at 1M x 768), then indexed by ``altclip index --kind ivfpq``
 in a child process, whose peak resident memory is the figure reported. Measured:
 
-- build time (training on a sample, adding shard by shard, tuning nprobe) and peak memory of the build;
+- build time (training on a sample, adding part by part, tuning nprobe) and peak memory of the build;
 - recall@10 against exact search on 1,000 held-out queries, as ``index.json`` records it;
 - the index's size on disk, and query latency one query at a time and in batches of 100, read into memory
   and memory-mapped (the mapped index searched after the page cache has seen it once);
-- exact search over the same vectors (streamed from the float16 shards) for comparison.
+- exact search over the same vectors (streamed from the float16 parts) for comparison.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from altclip.hardware import detect_cpu
-from altclip.tasks.collection import Collection, write_vectors
-from altclip.tasks.index import SearchIndex, exact_search, gather
+from altclip.runtime.hardware import detect_cpu
+from altclip.search.collection import Collection, write_vectors
+from altclip.search.index import SearchIndex, exact_search, gather
 
-DIM, SHARD, TOPICS, GROUP = 768, 100_000, 1000, 5
+DIM, PART, TOPICS, GROUP = 768, 100_000, 1000, 5
 
 
-def clustered_shard(shard: int, rows: int, seed: int = 0) -> np.ndarray:
-    """Rows of shard ``shard``: groups of ~GROUP points (a shared offset from a shared topic), unit length."""
+def clustered_part(part: int, rows: int, seed: int = 0) -> np.ndarray:
+    """Rows of part ``part``: groups of ~GROUP points (a shared offset from a shared topic), unit length."""
     topics = np.random.default_rng([seed, 0]).standard_normal((TOPICS, DIM)).astype(np.float32)
-    rng = np.random.default_rng([seed, 1, shard])
+    rng = np.random.default_rng([seed, 1, part])
     groups = rows // GROUP
     centres = topics[rng.integers(0, TOPICS, groups)] + 0.8 * rng.standard_normal((groups, DIM)).astype(np.float32)
     x = centres[rng.integers(0, groups, rows)] + 0.5 * rng.standard_normal((rows, DIM)).astype(np.float32)
@@ -47,9 +47,9 @@ def clustered_shard(shard: int, rows: int, seed: int = 0) -> np.ndarray:
 
 def child_build(folder: str, memory: str) -> None:
     """Runs in a child process, so that its peak memory is the build's alone."""
-    from altclip.tasks.index import build_index
+    from altclip.search.index import build_index
 
-    info = build_index(folder, kind="ivfpq", memory=memory)
+    info = build_index(folder, kind="ivfpq", memory=memory).to_json()
     info["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(info))
 
@@ -73,11 +73,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder or Path(tmp) / "vectors")
-        shards = -(-args.count // SHARD)
-        sizes = [min(SHARD, args.count - s * SHARD) for s in range(shards)]
+        parts = -(-args.count // PART)
+        sizes = [min(PART, args.count - p * PART) for p in range(parts)]
         started = time.perf_counter()
         if not (folder / "manifest.json").exists():
-            write_vectors(folder, (clustered_shard(s, n) for s, n in enumerate(sizes)), shards, DIM, "synthetic")
+            write_vectors(folder, (clustered_part(p, n) for p, n in enumerate(sizes)), parts, DIM, "synthetic")
         written = time.perf_counter() - started
 
         build = subprocess.run(
@@ -135,7 +135,7 @@ def main() -> None:
             f"{r['ms_per_query_batch_100']:.3f} ms/query in batches of 100, "
             f"recall@10 on noisy queries {r['recall@10_noisy_queries']:.3f}"
         )
-    print(f"  exact search streamed from the float16 shards: {exact_ms:.0f} ms/query")
+    print(f"  exact search streamed from the float16 parts: {exact_ms:.0f} ms/query")
 
 
 if __name__ == "__main__":

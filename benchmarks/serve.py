@@ -40,12 +40,12 @@ from folder import make_photos  # benchmarks/folder.py, beside this script
 from speed import SIZES, mixed_workload  # benchmarks/speed.py
 
 import altclip
-from altclip.embedding import Embedder
-from altclip.hardware import detect_cpu
+from altclip.embedder import Embedder
+from altclip.processing.tokenization import train_sentencepiece
+from altclip.runtime.hardware import detect_cpu
+from altclip.search.collection import embed_collection
+from altclip.search.index import build_index
 from altclip.tables import format_table
-from altclip.tasks.collection import embed_collection
-from altclip.tasks.index import build_index
-from altclip.tokenization import train_sentencepiece
 
 
 def free_port() -> int:

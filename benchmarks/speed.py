@@ -1,6 +1,6 @@
-"""Speed and memory of altclip (float32, --dtype auto, int8, torch.compile, ONNX Runtime float32 and int8)
+"""Speed and memory of altclip (float32, --precision auto, int8, torch.compile, ONNX Runtime float32 and int8)
 against transformers' AltCLIPModel (eager and sdpa in float32; sdpa in bfloat16), in one run. It prints the CPU
-it ran on and what --dtype auto chose there.
+it ran on and what --precision auto chose there.
 
     .venv/bin/python benchmarks/speed.py                 # BAAI/AltCLIP sizes (ViT-L/14 + XLM-R-large)
     .venv/bin/python benchmarks/speed.py --size small    # a quick run on a small model
@@ -149,16 +149,16 @@ def load(impl: str, folder: Path):
     import altclip
 
     if impl.startswith("altclip-onnx"):
-        from altclip.onnx_model import OnnxModel
+        from altclip.runtime.onnx import OnnxModel
 
         model = OnnxModel.from_pretrained(folder / impl)
         return model, model.get_text_features, model.get_image_features
-    from altclip.hardware import choose_dtype
+    from altclip.runtime.hardware import choose_precision
 
-    matmul = {"altclip-int8": "int8", "altclip-auto": choose_dtype(torch.device("cpu")).dtype}.get(impl)
-    model = altclip.AltCLIPModel.from_pretrained(folder, matmul_dtype=matmul)
+    matmul = {"altclip-int8": "int8", "altclip-auto": choose_precision(torch.device("cpu")).name}.get(impl)
+    model = altclip.AltCLIPModel.from_pretrained(folder, precision=matmul)
     if impl == "altclip-compile":
-        from altclip.runtime import compile_towers
+        from altclip.runtime.loading import compile_towers
 
         compile_towers(model)
     return model, model.get_text_features, model.get_image_features
@@ -205,7 +205,7 @@ def run_mixed(impl: str, model, folder: Path, texts: list[str]) -> dict[str, flo
             padded += inputs["input_ids"].numel()
             model.get_text_features(**inputs)
     else:
-        from altclip.embedding import Embedder
+        from altclip.embedder import Embedder
 
         embedder = Embedder(model, altclip.AltCLIPProcessor(altclip.CLIPImageProcessor(), tokenizer), batch_size=32)
         embedder.embed_texts(texts)
@@ -224,7 +224,7 @@ def prepare(folder: Path, size: str, texts: list[str]) -> dict[str, Any]:
     import transformers
 
     import altclip
-    from altclip.tokenization import train_sentencepiece
+    from altclip.processing.tokenization import train_sentencepiece
 
     config = SIZES[size]
     torch.manual_seed(0)
@@ -237,7 +237,7 @@ def prepare(folder: Path, size: str, texts: list[str]) -> dict[str, Any]:
 def export(folder: Path, impl: str, quantize: str | None) -> float:
     """Write the ONNX export an altclip-onnx worker runs; returns the seconds it took."""
     import altclip
-    from altclip.export import export_onnx
+    from altclip.runtime.export import export_onnx
 
     start = time.perf_counter()
     export_onnx(altclip.AltCLIPModel.from_pretrained(folder), folder / impl, quantize=quantize)
@@ -273,7 +273,7 @@ def compare(folder: Path, text, image) -> dict[str, float]:
 
 
 def report(results: dict[str, dict[str, Any]], config: dict[str, Any], ceiling: float) -> str:
-    from altclip.hardware import choose_dtype, detect_cpu
+    from altclip.runtime.hardware import choose_precision, detect_cpu
     from altclip.tables import format_table
 
     impls = list(results)
@@ -282,10 +282,10 @@ def report(results: dict[str, dict[str, Any]], config: dict[str, Any], ceiling: 
     def best(section: str, key: Any) -> float:
         return max(results[i][section][key] for i in hf)
 
-    auto = choose_dtype(torch.device("cpu"))
+    auto = choose_precision(torch.device("cpu"))
     lines = [
         f"CPU: {detect_cpu().describe()}",
-        f"--dtype auto here: {auto.dtype} ({auto.reason})",
+        f"--precision auto here: {auto.name} ({auto.reason})",
         f"float32 matmul ceiling: {ceiling:.1f} GFLOP/s",
         f"threads: {torch.get_num_threads()}, torch {torch.__version__}",
     ]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from altclip import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor, XLMRobertaTokenizer
-from altclip.tokenization import train_sentencepiece
+from altclip.processing.tokenization import train_sentencepiece
 
 CAPTIONS = [
     "a photo of a cat",

@@ -18,8 +18,8 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import trainers
 
 import altclip
-from altclip.image import CLIPImageProcessor
-from altclip.tokenization import clip_backend, train_sentencepiece
+from altclip.processing.image import CLIPImageProcessor
+from altclip.processing.tokenization import clip_backend, train_sentencepiece
 
 warnings.filterwarnings("ignore", message=".*sdpa.*")
 

@@ -1,10 +1,11 @@
-"""altclip: AltCLIP and CLIP in PyTorch, from inference to training.
+"""altclip: AltCLIP and CLIP in PyTorch, from inference to training. This module holds the Hugging Face-compatible
+public names only; the rest lives in the packages the README's "Layout" lists.
 
 from altclip import AltCLIPModel, AltCLIPProcessor
 model = AltCLIPModel.from_pretrained("BAAI/AltCLIP")
 """
 
-from altclip.config import (
+from altclip.modeling.config import (
     AltCLIPConfig,
     AltCLIPTextConfig,
     AltCLIPVisionConfig,
@@ -12,8 +13,7 @@ from altclip.config import (
     CLIPTextConfig,
     CLIPVisionConfig,
 )
-from altclip.image import CLIPImageProcessor
-from altclip.models import (
+from altclip.modeling.models import (
     AltCLIPModel,
     AltCLIPTextModel,
     AltCLIPVisionModel,
@@ -23,9 +23,10 @@ from altclip.models import (
     CLIPVisionModel,
     CLIPVisionModelWithProjection,
 )
-from altclip.outputs import AltCLIPOutput, BaseModelOutputWithPooling, CLIPOutput
-from altclip.processor import AltCLIPProcessor, CLIPProcessor
-from altclip.tokenization import BatchEncoding, CLIPTokenizer, XLMRobertaTokenizer
+from altclip.modeling.outputs import AltCLIPOutput, BaseModelOutputWithPooling, CLIPOutput
+from altclip.processing.image import CLIPImageProcessor
+from altclip.processing.processor import AltCLIPProcessor, CLIPProcessor
+from altclip.processing.tokenization import BatchEncoding, CLIPTokenizer, XLMRobertaTokenizer
 
 __version__ = "0.1.0"
 

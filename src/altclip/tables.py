@@ -1,7 +1,9 @@
-"""Plain-text tables for terminals, aligned for wide (CJK) characters."""
+"""What commands print: plain-text tables for terminals, aligned for wide (CJK) characters, and ``Result``, the
+base of the dataclasses whose ``to_json()`` is what ``--json`` prints."""
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -22,3 +24,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: 
         return "  ".join(cell + " " * (w - display_width(cell)) for cell, w in zip(row, widths, strict=True)).rstrip()
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
+
+
+class Result:
+    """A dataclass a command prints; ``to_json()`` gives its fields as JSON values (subclasses may shape them)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]

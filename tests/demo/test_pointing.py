@@ -9,7 +9,7 @@ from PIL import Image
 
 from altclip.demo.data import LANGUAGES, EmojiSet
 from altclip.demo.pointing import composites, play, quarter_of, write_pointing_report
-from altclip.embedding import Embedder
+from altclip.embedder import Embedder
 
 COLOURS = {"🔴": (220, 30, 30), "🟢": (30, 200, 30), "🔵": (30, 30, 220), "🟡": (230, 220, 30), "⚫": (0, 0, 0)}
 

@@ -29,17 +29,17 @@ def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
         progress=False,
     )
     result = run_demo(config)
-    rows = result["rows"]
+    rows = result.rows
     assert len(rows) == 28 and {r.method for r in rows} == {"CLIP", "AltCLIP"}
     assert rows[0].language == "English" and all(0 <= r.scores.mean_recall <= 100 for r in rows)
-    report = json.loads(result["report"]["json"].read_text())
-    assert len(report) == 28 and result["report"]["chart"].stat().st_size > 1000
-    assert len(result["pointing"]) == 14 * 2 * 2 and result["report"]["pointing_grid"].is_file()
-    model = result["model"]
+    report = json.loads(result.report["json"].read_text())
+    assert len(report) == 28 and result.report["chart"].stat().st_size > 1000
+    assert len(result.pointing) == 14 * 2 * 2 and result.report["pointing_grid"].is_file()
+    model = result.model
     ours = altclip.AltCLIPModel.from_pretrained(model)
     theirs = transformers.AltCLIPModel.from_pretrained(model).eval()
     processor = altclip.AltCLIPProcessor.from_pretrained(model)
-    image = result["data"].image(result["data"].test[0])
+    image = result.data.image(result.data.test[0])
     inputs = processor(text=["猫", "a cat"], images=image, padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(
@@ -49,4 +49,4 @@ def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)[0]["image"] == image
     # a second run reuses every finished stage
     again = run_demo(config)
-    assert again["seconds"] < result["seconds"] and again["rows"][0].scores.t2i == rows[0].scores.t2i
+    assert again.seconds < result.seconds and again.rows[0].scores.t2i == rows[0].scores.t2i

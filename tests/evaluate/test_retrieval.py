@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from altclip.evaluate.retrieval import evaluate_pairs, recall_at_k, recall_by_language
-from altclip.models import normalize
+from altclip.modeling.models import normalize
 from altclip.tasks import Embedder
 
 

@@ -18,10 +18,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from altclip.embedding import Embedder
+from altclip.embedder import Embedder
+from altclip.search.collection import embed_collection
+from altclip.search.index import build_index
 from altclip.serve import Catalog, ServeConfig, create_app
-from altclip.tasks.collection import embed_collection
-from altclip.tasks.index import build_index
 from tests.conftest import COLOURS, SHAPES, draw, make_image_folder
 
 COPIES = ("red-circle", "blue-square", "green-triangle")  # each photo has an exact copy in the folder

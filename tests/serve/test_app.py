@@ -17,10 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from altclip.heatmap import overlay
+from altclip.data.shards import scan_shard
+from altclip.explain.drawing import overlay
+from altclip.search.index import SearchIndex
 from altclip.serve import Catalog, ServeConfig, create_app
-from altclip.shards import scan_shard
-from altclip.tasks.index import SearchIndex
 from tests.conftest import bomb_png, draw, make_shards
 from tests.serve.conftest import COPIES, embedded, jpeg
 
@@ -476,3 +476,22 @@ def test_explain_draws_the_query_over_the_thumbnail(client, catalog, embedder):
     assert client.get(f"/api/explain/photos/{i}", params={"text": " "}).status_code == 400
     assert client.get("/api/explain/photos/99999", params={"text": "red"}).status_code == 404
     assert client.get(f"/api/explain/photos/{i}").status_code == 400  # no text at all
+
+
+def test_a_bug_answers_500_and_is_logged_while_bad_input_answers_400(embedder, catalog, monkeypatch, caplog):
+    """Only the library's own errors (AltCLIPError) are the client's fault; a ValueError from elsewhere (pyarrow's
+    ArrowInvalid is one) is a bug: 500, and its traceback in the log."""
+    import pyarrow as pa
+
+    served = catalog.get("photos").index
+
+    def broken(*args, **kwargs):
+        raise pa.ArrowInvalid("a bug deep in a library")
+
+    with TestClient(create_app(embedder, catalog), raise_server_exceptions=False) as client:
+        assert_error(client.post("/api/search", json={"text": "a cat", "k": 0}), 400, "k must be between")
+        monkeypatch.setattr(served, "search", broken)
+        with caplog.at_level("ERROR", logger="altclip.serve"):
+            response = client.post("/api/search", json={"text": "a cat"})
+        assert_error(response, 500, "internal error (ArrowInvalid)")
+        assert "a bug deep in a library" in caplog.text and "Traceback" in caplog.text

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from altclip.image import ImageLoadError
+from altclip.processing.image import ImageLoadError
 from altclip.serve.catalog import Catalog, NotFound, make_thumbnail, parse_folder
 
 

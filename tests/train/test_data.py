@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from altclip.datafiles import read_pairs
-from altclip.image import CLIPImageProcessor
-from altclip.imagefiles import ImageFiles
+from altclip.data.datafiles import read_pairs
+from altclip.data.imagefiles import ImageFiles
+from altclip.processing.image import CLIPImageProcessor
 from altclip.train.data import ImagePairs, micro_batch_indices
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import altclip
-from altclip.datafiles import read_pairs
+from altclip.data.datafiles import read_pairs
 from altclip.train.data import micro_batch_indices
 from tests.train.conftest import with_dropout
 

@@ -10,8 +10,8 @@ import torch
 import transformers
 
 import altclip
-from altclip import checkpoint
-from altclip.models import normalize
+from altclip.modeling.models import normalize
+from altclip.modeling.weights import SAFE_WEIGHTS, load_state_dict, save_weights
 from altclip.train.loop import NO_ROWS, TrainConfig, Trainer, lr_factor
 from altclip.train.objectives import MAX_LOGIT_SCALE
 from altclip.train.phases import contrastive_phase, distillation_phase
@@ -44,7 +44,7 @@ def test_distillation_pulls_the_student_to_the_teacher(tmp_path, teacher, studen
     assert len(curve) == 60 and sum(curve[-5:]) / 5 < 0.5 * sum(curve[:5]) / 5
     after = teacher_agreement(teacher, tmp_path / "model")
     assert after > before + 0.2, (before, after)
-    assert summary["skipped"] == {"data: malformed line": 2, "data: empty text": 1}
+    assert summary.skipped == {"data: malformed line": 2, "data: empty text": 1}
     log = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert set(log) == {"step", "epoch", "loss", "lr", "samples_per_s", "skipped"} and log["samples_per_s"] > 0
     # only the text tower moved
@@ -59,8 +59,8 @@ def test_contrastive_learns_with_a_frozen_image_tower(tmp_path, student, pairs_j
     summary = Trainer(phase, TrainConfig(tmp_path, steps=40, batch_size=8, lr=2e-3, progress=False)).fit()
     curve = losses(tmp_path)
     assert sum(curve[-5:]) < sum(curve[:5])
-    assert summary["skipped"]["data: malformed line"] == 1 and summary["skipped"]["data: empty text"] == 1
-    assert summary["skipped"].get("image: not_image", 0) >= 1  # the broken image, met at least once
+    assert summary.skipped["data: malformed line"] == 1 and summary.skipped["data: empty text"] == 1
+    assert summary.skipped.get("image: not_image", 0) >= 1  # the broken image, met at least once
     start, end = altclip.AltCLIPModel.from_pretrained(student), altclip.AltCLIPModel.from_pretrained(tmp_path / "model")
     assert torch.equal(
         start.vision_model.embeddings.patch_embedding.weight, end.vision_model.embeddings.patch_embedding.weight
@@ -98,9 +98,9 @@ def test_resume_gives_the_uninterrupted_losses(tmp_path, teacher, student, paral
     assert [p.name for p in (interrupted / "checkpoints").iterdir()] == ["step-000003"]
     if accumulate == 2:  # resume reads sharded weights too (what a model over the shard size gets)
         saved = interrupted / "checkpoints" / "step-000003"
-        state = checkpoint.load_state_dict([saved / checkpoint.SAFE_WEIGHTS])
-        (saved / checkpoint.SAFE_WEIGHTS).unlink()
-        assert len(checkpoint.save_weights(state, saved, max_shard_size="300KB")) > 2
+        state = load_state_dict([saved / SAFE_WEIGHTS])
+        (saved / SAFE_WEIGHTS).unlink()
+        assert len(save_weights(state, saved, max_shard_size="300KB")) > 2
     Trainer(distillation_phase(teacher, student, parallel_tsv), TrainConfig(interrupted, resume=True, **config)).fit()
     assert losses(interrupted) == losses(tmp_path / "straight")  # bit for bit, steps 4 to 8 included
     ours = altclip.AltCLIPModel.from_pretrained(interrupted / "model").state_dict()
@@ -131,11 +131,12 @@ def test_bf16_and_gradient_checkpointing(tmp_path, teacher, student, parallel_ts
     ).fit()
     assert losses(tmp_path / "plain") == pytest.approx(losses(tmp_path / "ckpt"), abs=1e-5)
     Trainer(
-        distillation_phase(teacher, student, parallel_tsv), TrainConfig(tmp_path / "bf16", precision="bf16", **common)
+        distillation_phase(teacher, student, parallel_tsv),
+        TrainConfig(tmp_path / "bf16", precision="bfloat16", **common),
     ).fit()
     assert all(math.isfinite(x) for x in losses(tmp_path / "bf16"))
     assert losses(tmp_path / "bf16") == pytest.approx(losses(tmp_path / "plain"), rel=0.05)
-    with pytest.raises(ValueError, match="fp16 training needs a GPU"):
+    with pytest.raises(ValueError, match="float16 training needs a GPU"):
         Trainer(
             distillation_phase(teacher, student, parallel_tsv),
             TrainConfig(tmp_path / "fp16", precision="fp16", **common),
@@ -148,6 +149,8 @@ def test_schedule():
     assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="precision"):
         TrainConfig("x", precision="fp8")
+    assert TrainConfig("x", precision="bf16").precision == "bfloat16"  # the short names of before 0.2
+    assert TrainConfig("x", clip_grad=0).clip_grad is None  # 0 turns clipping off
 
 
 def test_an_epoch_without_a_usable_batch_is_an_error(tmp_path, student):
@@ -172,12 +175,8 @@ def test_a_step_uses_exactly_accumulate_usable_micro_batches(tmp_path, student, 
     config = TrainConfig(tmp_path, steps=5, batch_size=2, accumulate=3, lr=1e-3, progress=False)
     summary = Trainer(phase, config).fit(lambda step, loss: consumed.append(len(rows)))
     assert consumed == [3, 6, 9, 12, 15] and all(n > 0 for n in rows)
-    assert (
-        summary["skipped"][NO_ROWS] >= 1 and summary["skipped"]["image: not_image"] >= 2 * summary["skipped"][NO_ROWS]
-    )
-    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["skipped"] == sum(
-        summary["skipped"].values()
-    )
+    assert summary.skipped[NO_ROWS] >= 1 and summary.skipped["image: not_image"] >= 2 * summary.skipped[NO_ROWS]
+    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["skipped"] == sum(summary.skipped.values())
 
 
 def test_a_finished_run_continues_with_more_steps_or_epochs(tmp_path, teacher, student, parallel_tsv):
@@ -189,7 +188,7 @@ def test_a_finished_run_continues_with_more_steps_or_epochs(tmp_path, teacher, s
 
     run(tmp_path / "straight", steps=8)
     run(tmp_path / "more", steps=4)
-    assert run(tmp_path / "more", steps=8, resume=True)["steps"] == 8
+    assert run(tmp_path / "more", steps=8, resume=True).steps == 8
     assert losses(tmp_path / "more") == losses(tmp_path / "straight")  # bit for bit, dropout included
 
     wide = dict(constant, batch_size=128)
@@ -199,7 +198,7 @@ def test_a_finished_run_continues_with_more_steps_or_epochs(tmp_path, teacher, s
     two = Trainer(
         distillation_phase(teacher, student, parallel_tsv), TrainConfig(tmp_path / "e", epochs=2, resume=True, **wide)
     ).fit()
-    assert two["steps"] == 2 * one["steps"] and len(losses(tmp_path / "e")) == two["steps"]
+    assert two.steps == 2 * one.steps and len(losses(tmp_path / "e")) == two.steps
     with pytest.raises(ValueError, match="batch_size 128, not 64"):
         Trainer(
             distillation_phase(teacher, student, parallel_tsv),

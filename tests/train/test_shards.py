@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import altclip
-from altclip.shards import scan_shard
+from altclip.data.shards import scan_shard
 from altclip.train.data import ShardStream, pair_task
 from altclip.train.loop import TrainConfig, Trainer
 from altclip.train.phases import contrastive_phase, distillation_phase
@@ -54,8 +54,8 @@ def test_contrastive_from_shards_resumes_bit_for_bit(tmp_path, student, pair_sha
     config = dict(steps=14, batch_size=4, lr=1e-3, save_every=5, progress=False, workers=1)
     phase = contrastive_phase(student, pattern(pair_shards), shuffle_buffer=10)
     summary = Trainer(phase, TrainConfig(tmp_path / "straight", **config)).fit()
-    assert summary["skipped"]["data: no image"] >= 1 and summary["skipped"]["image: truncated"] >= 1
-    assert summary["epochs_started"] == 2  # 14 steps of 4 cross the end of the first pass over 48 samples
+    assert summary.skipped["data: no image"] >= 1 and summary.skipped["image: truncated"] >= 1
+    assert summary.epochs_started == 2  # 14 steps of 4 cross the end of the first pass over 48 samples
 
     def crash_at_8(step: int, loss: float) -> None:
         if step == 8:

@@ -18,7 +18,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from altclip import checkpoint
+from altclip.errors import InputError, MissingFileError
+from altclip.files import atomic_write_bytes
 
 LANGUAGES = {
     "en": "English",
@@ -57,7 +58,7 @@ def find_font(path: str | Path | None = None) -> Path:
     for candidate in [path] if path else FONT_CANDIDATES:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
-    raise FileNotFoundError(f"{path}: no such font file" if path else FONT_HELP)
+    raise MissingFileError(f"{path}: no such font file" if path else FONT_HELP)
 
 
 def cldr_names() -> dict[str, dict[str, str]]:
@@ -128,12 +129,12 @@ def build(
     """
     folder = Path(folder).resolve()
     if holdout not in HOLDOUTS:
-        raise ValueError(f"holdout must be one of {HOLDOUTS}, not {holdout!r}")
+        raise InputError(f"holdout must be one of {HOLDOUTS}, not {holdout!r}")
     done = folder / "split.json"
     if done.is_file():
         split = json.loads(done.read_text(encoding="utf-8"))
         if split.get("holdout", "test") != holdout:
-            raise ValueError(f"{folder} holds a {split.get('holdout', 'test')} split, not a {holdout} one")
+            raise InputError(f"{folder} holds a {split.get('holdout', 'test')} split, not a {holdout} one")
         return EmojiSet(folder, split["train"], split["test"], split["names"])
     font_path = find_font(font)
     typeface = ImageFont.truetype(str(font_path), BITMAP_SIZE)
@@ -169,13 +170,13 @@ def build(
         "seed": seed,
         "holdout": holdout,
     }
-    checkpoint.atomic_write_bytes(done, json.dumps(split, ensure_ascii=False).encode("utf-8"))
+    atomic_write_bytes(done, json.dumps(split, ensure_ascii=False).encode("utf-8"))
     return data
 
 
 def _jsonl(path: Path, records: list[dict[str, str]]) -> None:
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    checkpoint.atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _write_files(data: EmojiSet) -> None:
@@ -191,4 +192,4 @@ def _write_files(data: EmojiSet) -> None:
     lines = ["src\ttgt\tlang"] + [
         f"{data.names[c]['en']}\t{data.names[c][lang]}\t{lang}" for c in data.train for lang in others
     ]
-    checkpoint.atomic_write_bytes(data.folder / "parallel.tsv", ("\n".join(lines) + "\n").encode("utf-8"))
+    atomic_write_bytes(data.folder / "parallel.tsv", ("\n".join(lines) + "\n").encode("utf-8"))

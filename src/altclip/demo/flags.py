@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from altclip import checkpoint
 from altclip.demo.data import LANGUAGES, EmojiSet
-from altclip.embedding import Embedder
+from altclip.embedder import Embedder
 from altclip.evaluate.zeroshot import ZeroShotScores, score_classes
+from altclip.files import atomic_write_bytes
 from altclip.tables import format_table
 
 REGIONAL_A = 0x1F1E6
@@ -82,7 +82,7 @@ class FlagRow:
             f"{self.held_out.top5:.1f}",
         ]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         keep = ("top1", "top5", "images")
         return {
             "language": self.language,
@@ -125,7 +125,7 @@ def flags_table(rows: Sequence[FlagRow]) -> str:
 def write_flags_report(rows: Sequence[FlagRow], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "zeroshot.json", "text": folder / "zeroshot.txt"}
-    data = json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False) + "\n"
-    checkpoint.atomic_write_bytes(paths["json"], data.encode("utf-8"))
-    checkpoint.atomic_write_bytes(paths["text"], (flags_table(rows) + "\n").encode("utf-8"))
+    data = json.dumps([row.to_json() for row in rows], indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(paths["json"], data.encode("utf-8"))
+    atomic_write_bytes(paths["text"], (flags_table(rows) + "\n").encode("utf-8"))
     return paths

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from altclip import checkpoint
 from altclip.demo.data import LANGUAGES, EmojiSet
-from altclip.embedding import Embedder
-from altclip.explain import peak
-from altclip.heatmap import captioned, overlay
+from altclip.embedder import Embedder
+from altclip.explain.drawing import captioned, overlay
+from altclip.explain.relevance import peak
+from altclip.files import atomic_path, atomic_write_bytes
 from altclip.tables import format_table
 
 ZOOMS = (1, 2)
@@ -43,7 +43,7 @@ class PointingRow:
     def rate(self) -> float:
         return 100.0 * self.hits / self.queries
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "hit_rate": round(self.rate, 2)}
 
 
@@ -116,7 +116,7 @@ def draw_examples(data: EmojiSet, games: Sequence[Game], maps: Maps, path: Path)
     for r, cells in enumerate(rows):
         for c, cell in enumerate(cells):
             sheet.paste(cell, (c * width, r * height))
-    with checkpoint.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
 
 
@@ -126,8 +126,8 @@ def write_pointing_report(
     """``pointing.json``, ``pointing.txt`` and ``pointing.png`` (the first ``examples`` games drawn) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "pointing.json", "text": folder / "pointing.txt", "grid": folder / "pointing.png"}
-    body = json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False) + "\n"
-    checkpoint.atomic_write_bytes(paths["json"], body.encode("utf-8"))
-    checkpoint.atomic_write_bytes(paths["text"], (pointing_table(rows) + "\n").encode("utf-8"))
+    body = json.dumps([row.to_json() for row in rows], indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(paths["json"], body.encode("utf-8"))
+    atomic_write_bytes(paths["text"], (pointing_table(rows) + "\n").encode("utf-8"))
     draw_examples(data, games[:examples], maps, paths["grid"])
     return paths

@@ -24,18 +24,25 @@ from typing import Any
 
 import torch
 
-from altclip import checkpoint
-from altclip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from altclip.demo.data import LANGUAGES, EmojiSet, build
 from altclip.demo.flags import FlagRow, evaluate_flags, flags_table, write_flags_report
 from altclip.demo.pointing import PointingRow, composites, play, pointing_table, write_pointing_report
-from altclip.embedding import Embedder
+from altclip.embedder import Embedder
 from altclip.evaluate.report import ReportRow, paper_table, write_report
 from altclip.evaluate.retrieval import evaluate_pairs
-from altclip.image import CLIPImageProcessor
-from altclip.models import CLIPModel
-from altclip.processor import CLIPProcessor
-from altclip.tokenization import CLIP_SPECIALS, CLIPTokenizer, XLMRobertaTokenizer, clip_backend, train_sentencepiece
+from altclip.files import atomic_write_bytes
+from altclip.modeling.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from altclip.modeling.models import CLIPModel
+from altclip.processing.image import CLIPImageProcessor
+from altclip.processing.processor import CLIPProcessor
+from altclip.processing.tokenization import (
+    CLIP_SPECIALS,
+    CLIPTokenizer,
+    XLMRobertaTokenizer,
+    clip_backend,
+    train_sentencepiece,
+)
+from altclip.tables import Result
 from altclip.train.loop import TrainConfig, Trainer
 from altclip.train.phases import contrastive_phase, distillation_phase
 from altclip.train.student import build_student
@@ -181,7 +188,7 @@ def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
         "bos_token_id": 0,
         "eos_token_id": 2,
     }
-    checkpoint.atomic_write_bytes(xlmr / "config.json", json.dumps(xlmr_config, indent=2).encode())
+    atomic_write_bytes(xlmr / "config.json", json.dumps(xlmr_config, indent=2).encode())
     torch.manual_seed(config.seed)
     build_student(teacher, xlmr, folder)
     return folder
@@ -206,7 +213,7 @@ def evaluate(
     return retrieval, evaluate_flags(embedders, data), pointing, paths
 
 
-def run_demo(config: DemoConfig) -> dict[str, Any]:
+def run_demo(config: DemoConfig) -> DemoResult:
     started = time.perf_counter()
     config.out.mkdir(parents=True, exist_ok=True)
     data_folder = config.data or config.out / "data"
@@ -247,38 +254,59 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     if flags:
         paths.update({f"zeroshot_{k}": v for k, v in write_flags_report(flags, config.out / "report").items()})
     paths.update({f"pointing_{k}": v for k, v in pointing_paths.items()})
-    return {
-        "rows": rows,
-        "flags": flags,
-        "pointing": pointing,
-        "report": paths,
-        "model": altclip_model,
-        "teacher": teacher,
-        "distilled": distilled,
-        "data": data,
-        "seconds": time.perf_counter() - started,
-    }
+    return DemoResult(
+        rows, flags, pointing, paths, altclip_model, teacher, distilled, data, time.perf_counter() - started
+    )
 
 
-def print_summary(result: dict[str, Any]) -> None:
-    print("\nretrieval among the held-out emoji (recall %, MR = mean of the six)")
-    print(paper_table(result["rows"]))
-    if result["flags"]:
-        print("\nzero-shot: each flag among all flags by CLDR country name, in templates per language (accuracy %)")
-        print(flags_table(result["flags"]))
-    if result["pointing"]:
-        print(
-            "\npointing game: relevance maps of 2x2 held-out emoji composites; hit = the map's peak in the named "
-            "emoji's quarter (%, chance 25); zoom 1: one centre view, zoom 2: windows at the emoji's own size"
-        )
-        print(pointing_table(result["pointing"]))
-        print(f"examples: {result['report']['pointing_grid']}")
-    print(f"\nreport: {result['report']['text']}, {result['report']['json']}, {result['report']['chart']}")
-    model, data = result["model"], result["data"]
-    example = data.image(data.test[0])
-    print(f"the trained AltCLIP: {model}  ({result['seconds'] / 60:.1f} minutes in all)")
-    print(f"try:  altclip classify {example} --model {model} --labels 猫 狗 太阳 爱心 --lang zh")
-    print(f"      altclip embed {data.folder / 'images'} --out {model.parent.parent / 'emoji-index'} --model {model}")
-    print(f'      altclip search {model.parent.parent / "emoji-index"} --text "笑脸" --model {model}')
-    print(f"      altclip explain {example} --text 笑脸 猫 --model {model} --out {model.parent.parent / 'maps'}")
-    print(f"      altclip serve {model.parent.parent / 'emoji-index'}    # then open http://127.0.0.1:8000")
+@dataclass
+class DemoResult(Result):
+    """What a demo run measured and wrote: the tables' rows, the report files, the models it trained."""
+
+    rows: list[ReportRow]  # retrieval per language and model
+    flags: list[FlagRow]  # zero-shot flags per language and model
+    pointing: list[PointingRow]  # the pointing game per language, model and zoom
+    report: dict[str, Path]  # what -> the file written
+    model: Path  # the trained AltCLIP
+    teacher: Path
+    distilled: Path
+    data: EmojiSet
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "results": [r.to_json() for r in self.rows],
+            "zeroshot_flags": [r.to_json() for r in self.flags],
+            "pointing": [r.to_json() for r in self.pointing],
+            "model": str(self.model),
+            "seconds": self.seconds,
+        }
+
+    def describe(self) -> str:
+        """The tables and what to try next, as the command prints them."""
+        lines = ["", "retrieval among the held-out emoji (recall %, MR = mean of the six)", paper_table(self.rows)]
+        if self.flags:
+            lines += [
+                "",
+                "zero-shot: each flag among all flags by CLDR country name, in templates per language (accuracy %)",
+                flags_table(self.flags),
+            ]
+        if self.pointing:
+            lines += [
+                "",
+                "pointing game: relevance maps of 2x2 held-out emoji composites; hit = the map's peak in the named "
+                "emoji's quarter (%, chance 25); zoom 1: one centre view, zoom 2: windows at the emoji's own size",
+                pointing_table(self.pointing),
+                f"examples: {self.report['pointing_grid']}",
+            ]
+        lines += ["", f"report: {self.report['text']}, {self.report['json']}, {self.report['chart']}"]
+        model, work, example = self.model, self.model.parent.parent, self.data.image(self.data.test[0])
+        lines += [
+            f"the trained AltCLIP: {model}  ({self.seconds / 60:.1f} minutes in all)",
+            f"try:  altclip classify {example} --model {model} --labels 猫 狗 太阳 爱心 --lang zh",
+            f"      altclip embed {self.data.folder / 'images'} --out {work / 'emoji-index'} --model {model}",
+            f'      altclip search {work / "emoji-index"} --text "笑脸" --model {model}',
+            f"      altclip explain {example} --text 笑脸 猫 --model {model} --out {work / 'maps'}",
+            f"      altclip serve {work / 'emoji-index'}    # then open http://127.0.0.1:8000",
+        ]
+        return "\n".join(lines)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from altclip import checkpoint
 from altclip.evaluate.retrieval import KS, RetrievalScores
+from altclip.files import atomic_path, atomic_write_bytes
 from altclip.tables import format_table
 
 HEADERS = ["Language", "Method", *(f"T2I R@{k}" for k in KS), *(f"I2T R@{k}" for k in KS), "MR"]
@@ -35,9 +35,9 @@ class ReportRow:
             f"{s.mean_recall:.1f}",
         ]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         published = {} if self.published is None else {"published_MR": self.published}
-        return {"language": self.language, "method": self.method, **self.scores.to_dict(), **published}
+        return {"language": self.language, "method": self.method, **self.scores.to_json(), **published}
 
 
 def paper_table(rows: Sequence[ReportRow]) -> str:
@@ -54,10 +54,10 @@ def write_report(rows: Sequence[ReportRow], folder: str | Path, title: str = "re
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "text": folder / "report.txt", "chart": folder / "report.png"}
-    data = json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False) + "\n"
-    checkpoint.atomic_write_bytes(paths["json"], data.encode("utf-8"))
-    checkpoint.atomic_write_bytes(paths["text"], (paper_table(rows) + "\n").encode("utf-8"))
-    with checkpoint.atomic_path(paths["chart"]) as tmp:
+    data = json.dumps([row.to_json() for row in rows], indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(paths["json"], data.encode("utf-8"))
+    atomic_write_bytes(paths["text"], (paper_table(rows) + "\n").encode("utf-8"))
+    with atomic_path(paths["chart"]) as tmp:
         draw_chart(rows, tmp, title)
     return paths
 

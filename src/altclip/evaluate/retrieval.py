@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from altclip.embedding import Embedder
-from altclip.evaluate.benchmarks import RetrievalSet, read_pairs_set
+from altclip.embedder import Embedder
+from altclip.errors import InputError
+from altclip.evaluate.datasets import RetrievalSet, read_pairs_set
 
 KS = (1, 5, 10)
 # The right answer's score is computed once, element-wise; the same pair inside a block product can come
@@ -39,7 +40,7 @@ class RetrievalScores:
         """MR: the mean of the six recalls, in percent like the other numbers."""
         return sum(self.t2i.values()) / len(self.t2i) / 2 + sum(self.i2t.values()) / len(self.i2t) / 2
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "t2i": {f"R@{k}": v for k, v in self.t2i.items()},
             "i2t": {f"R@{k}": v for k, v in self.i2t.items()},
@@ -83,7 +84,7 @@ def recall_at_k(
     images, texts = images.float().cpu(), texts.float().cpu()
     caption, image = _pairs(owners)
     if caption.numel() == 0 or int(caption.unique().numel()) != texts.shape[0]:
-        raise ValueError("every caption needs at least one image")
+        raise InputError("every caption needs at least one image")
     positive = (texts[caption] * images[image]).sum(dim=-1)  # (pairs,) each right pair's score
     # a query's rank counts the candidates above its best right answer, which are all wrong ones
     best_image = torch.full((texts.shape[0],), float("-inf")).scatter_reduce(0, caption, positive, "amax")
@@ -130,7 +131,7 @@ def evaluate_set(
     if len(keep) < len(data.captions):
         skipped["captions of unreadable images"] = len(data.captions) - len(keep)
     if not keep:
-        raise ValueError(f"{data.source}: no caption has a readable image")
+        raise InputError(f"{data.source}: no caption has a readable image")
     texts = embedder.embed_texts([data.captions[m] for m in keep]).float().cpu()
     owners = [[row_of[o] for o in data.owners[m] if o in row_of] for m in keep]
     scores = recall_by_language(vectors, texts, owners, [data.langs[m] for m in keep], chunk)

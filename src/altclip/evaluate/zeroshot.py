@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from altclip.embedding import Embedder
-from altclip.prompts import check_templates, templates_for
+from altclip.embedder import Embedder
+from altclip.errors import InputError, MissingFileError
+from altclip.processing.prompts import check_templates, templates_for
 
 
 @dataclass
@@ -31,7 +32,7 @@ class ZeroShotScores:
     def mean_per_class_recall(self) -> float:
         return sum(self.per_class_recall.values()) / len(self.per_class_recall)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "top1": self.top1,
             "top5": self.top5,
@@ -46,10 +47,10 @@ def read_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]
     """(class subfolders, sorted) and (path, class index) for every file under them."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder of class subfolders")
+        raise MissingFileError(f"{root} is not a folder of class subfolders")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"{root} holds no class subfolders")
+        raise InputError(f"{root} holds no class subfolders")
     samples = [
         (str(f), i)
         for i, c in enumerate(classes)
@@ -66,10 +67,10 @@ def read_classnames(path: str | Path, classes: Sequence[str]) -> list[str]:
         mapping = dict(line.split("\t", 1) for line in lines)
         missing = [c for c in classes if c not in mapping]
         if missing:
-            raise ValueError(f"{path} names no class for folders {missing[:10]}")
+            raise InputError(f"{path} names no class for folders {missing[:10]}")
         return [mapping[c].strip() for c in classes]
     if len(lines) != len(classes):
-        raise ValueError(f"{path} has {len(lines)} names for {len(classes)} class folders")
+        raise InputError(f"{path} has {len(lines)} names for {len(classes)} class folders")
     return [line.strip() for line in lines]
 
 
@@ -84,12 +85,12 @@ def evaluate_zeroshot(
 ) -> ZeroShotScores:
     classes, samples = read_image_folder(root)
     if len(names) != len(classes):
-        raise ValueError(f"{len(names)} class names for {len(classes)} class folders")
+        raise InputError(f"{len(names)} class names for {len(classes)} class folders")
     templates = check_templates(templates) if templates is not None else templates_for(lang)
     vectors, records = embedder.embed_files([p for p, _ in samples], workers, progress)
     labels = torch.tensor([label for (_, label), r in zip(samples, records, strict=True) if r.status == "ok"])
     if labels.numel() == 0:
-        raise ValueError(f"{root}: no readable images")
+        raise InputError(f"{root}: no readable images")
     scores = score_classes(vectors, labels, embedder.class_embeddings(list(names), templates), names)
     scores.skipped = [{"path": samples[r.index][0], "status": r.status} for r in records if r.status != "ok"]
     return scores

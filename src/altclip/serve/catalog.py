@@ -14,16 +14,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from altclip.image import load_image, to_rgb
-from altclip.imagefiles import ImageSource, read_member
-from altclip.shards import TarMember
-from altclip.tasks.index import SearchIndex
+from altclip.data.imagefiles import ImageSource, read_member
+from altclip.data.shards import TarMember
+from altclip.errors import InputError, NotFoundError
+from altclip.processing.image import load_image, to_rgb
+from altclip.search.index import SearchIndex
+from altclip.tables import Result
 
 THUMBNAIL_SIDE = 256
 THUMBNAIL_QUALITY = 85
 
 
-class NotFound(LookupError):
+class NotFound(NotFoundError):
     """An index name or an image id the catalog does not hold."""
 
 
@@ -33,10 +35,20 @@ def parse_folder(spec: str) -> tuple[str, Path]:
     if not sep:
         name, folder = Path(spec).resolve().name, spec
     if not name or not folder:
-        raise ValueError(f"{spec!r}: expected FOLDER or NAME=FOLDER")
+        raise InputError(f"{spec!r}: expected FOLDER or NAME=FOLDER")
     if "/" in name or "\\" in name:
-        raise ValueError(f"{spec!r}: an index name must not contain a slash")
+        raise InputError(f"{spec!r}: an index name must not contain a slash")
     return name, Path(folder)
+
+
+@dataclass(frozen=True)
+class IndexSummary(Result):
+    """One served index as ``GET /api/indexes`` lists it."""
+
+    name: str
+    count: int
+    dim: int
+    model: str
 
 
 @dataclass
@@ -46,10 +58,10 @@ class ServedIndex:
 
     @property
     def model(self) -> str:
-        return self.index.collection.manifest["model"]
+        return self.index.collection.manifest.model
 
-    def info(self) -> dict[str, object]:
-        return {"name": self.name, "count": len(self.index), "dim": self.index.index.d, "model": self.model}
+    def info(self) -> IndexSummary:
+        return IndexSummary(self.name, len(self.index), self.index.index.d, self.model)
 
 
 class Catalog:
@@ -57,7 +69,7 @@ class Catalog:
 
     def __init__(self, folders: dict[str, str | Path], thumbnail_cache_bytes: int = 64 * 2**20) -> None:
         if not folders:
-            raise ValueError("no embedding folder to serve")
+            raise InputError("no embedding folder to serve")
         self.indexes = {name: ServedIndex(name, SearchIndex(folder)) for name, folder in folders.items()}
         self.thumbnail_cache_bytes = thumbnail_cache_bytes
         self._thumbnails: OrderedDict[tuple[str, int], bytes] = OrderedDict()
@@ -71,11 +83,11 @@ class Catalog:
         for spec in specs:
             name, folder = parse_folder(spec)
             if name in folders:
-                raise ValueError(f"two indexes are named {name!r}; name them with NAME=FOLDER")
+                raise InputError(f"two indexes are named {name!r}; name them with NAME=FOLDER")
             folders[name] = folder
         return cls(folders, thumbnail_cache_bytes)
 
-    def info(self) -> list[dict[str, object]]:
+    def info(self) -> list[IndexSummary]:
         return [served.info() for served in self.indexes.values()]
 
     def get(self, name: str | None) -> ServedIndex:

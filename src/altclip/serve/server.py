@@ -8,6 +8,8 @@ import sys
 
 from fastapi import FastAPI
 
+from altclip.errors import InputError
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -21,7 +23,7 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str | None) -> None:
     """Anything but loopback needs a token: the API reads uploads and lists the collection's paths."""
     if not is_loopback(host) and not token:
-        raise ValueError(
+        raise InputError(
             f"--host {host} would let other machines reach the server; pass --token (every /api/* request must "
             f"then send Authorization: Bearer TOKEN), or keep the default --host 127.0.0.1"
         )

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from altclip.embedding import Embedder
+from altclip.embedder import Embedder
+from altclip.errors import InputError
 
 
 class Busy(Exception):
@@ -48,7 +49,7 @@ class ModelWorker:
 
     def __init__(self, embedder: Embedder, max_batch: int = 32, window: float = 0.002, max_queue: int = 256) -> None:
         if max_batch < 1 or max_queue < 1 or window < 0:
-            raise ValueError(
+            raise InputError(
                 f"need max_batch >= 1, max_queue >= 1 and window >= 0; got {max_batch}, {max_queue}, {window}"
             )
         self.embedder, self.max_batch, self.window, self.max_queue = embedder, max_batch, window, max_queue

@@ -1,11 +1,20 @@
-"""What people use AltCLIP for: similarity, zero-shot classification, embedding collections, search.
+"""The import path of ``Embedder``, ``TEMPLATES`` and ``DEFAULT_MODEL`` before 0.2, kept for one release.
 
-``Embedder`` (similarity, classification) lives one floor down in ``altclip.embedding``, where evaluation
-and training reach it too; it is named here as well, where the README's examples import it.
+They now live in ``altclip.embedder``, ``altclip.processing.prompts`` and ``altclip.runtime.loading``; nothing
+inside altclip imports this module.
 """
 
-from altclip.embedding import Embedder
-from altclip.prompts import TEMPLATES
-from altclip.runtime import DEFAULT_MODEL
+import warnings
+
+from altclip.embedder import Embedder
+from altclip.processing.prompts import TEMPLATES
+from altclip.runtime.loading import DEFAULT_MODEL
+
+warnings.warn(
+    "altclip.tasks is deprecated and goes in the next release: import Embedder from altclip.embedder, TEMPLATES "
+    "from altclip.processing.prompts and DEFAULT_MODEL from altclip.runtime.loading",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["DEFAULT_MODEL", "TEMPLATES", "Embedder"]

@@ -1,6 +1,6 @@
 """Training data: deterministic sampling across processes, and image-text pairs decoded for a batch.
 
-The data files themselves are read by ``altclip.datafiles``. Images that cannot be read are skipped and
+The data files themselves are read by ``altclip.data.datafiles``. Images that cannot be read are skipped and
 counted when their batch is built (``altclip.train.phases``); nothing bad in the data stops an epoch.
 """
 
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from altclip.datafiles import Table
-from altclip.image import CLIPImageProcessor, ImageLoadError
-from altclip.imagefiles import preprocess_source
-from altclip.shards import ShardSample, TarMember, scan_shard, scanned_ahead
-from altclip.tokenization import Tokenizer
+from altclip.data.datafiles import Table
+from altclip.data.imagefiles import preprocess_source
+from altclip.data.shards import ShardSample, TarMember, scan_shard, scanned_ahead
+from altclip.processing.image import CLIPImageProcessor, ImageLoadError
+from altclip.processing.tokenization import Tokenizer
 
 
 def micro_batch_indices(size: int, batch: int, world: int, rank: int, seed: int, epoch: int) -> list[list[int]]:
@@ -137,7 +137,7 @@ class ShardStream:
     """Tasks from tar shards in a seeded order that resumes exactly, the way WebDataset streams them.
 
     Each epoch the shards are shuffled (seed, epoch) and dealt out to the processes, ``rank::world``. A process
-    reads its shards in turn, one scan each (``altclip.shards``), into a shuffle buffer, and draws from the
+    reads its shards in turn, one scan each (``altclip.data.shards``), into a shuffle buffer, and draws from the
     buffer at random. Its position, after each batch handed out, is the shard it is in, the offset in it, the
     buffer and the generator's state: a checkpoint saves it, and the stream restarts there.
     """

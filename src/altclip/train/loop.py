@@ -1,7 +1,7 @@
 """The training loop shared by both phases: one process or many (torchrun), exact resumption.
 
 * AdamW (weight decay on matrices only), linear warm-up then cosine decay, gradient clipping, gradient
-  accumulation, mixed precision (bf16 autocast anywhere; fp16 with a gradient scaler on CUDA), gradient
+  accumulation, mixed precision (bfloat16 autocast anywhere; float16 with a gradient scaler on CUDA), gradient
   checkpointing, one seed for everything (each process draws its own dropout stream from it).
 * A step consumes exactly ``accumulate`` usable micro-batches and syncs gradients on the last. A micro-batch
   with no usable row on any process (every image unreadable) is skipped by every process and counted; one
@@ -40,14 +40,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from altclip import checkpoint, distributed
-from altclip.imagefiles import die_with_parent
-from altclip.models import PreTrainedModel
-from altclip.processor import Processor
+from altclip.data.workers import die_with_parent
+from altclip.errors import InputError
+from altclip.files import atomic_write_bytes
+from altclip.modeling.models import PreTrainedModel
+from altclip.modeling.weights import load_state_dict, resolve_weights, save_weights
+from altclip.processing.processor import Processor
+from altclip.runtime import distributed
+from altclip.runtime.hardware import SHORT_NAMES, TRAINING_PRECISIONS
+from altclip.tables import Result
 from altclip.train.data import ShardStream, micro_batch_indices
 from altclip.train.objectives import Objective, trainable_parameters
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # float32: no autocast
 
 
 @dataclass
@@ -62,7 +67,7 @@ class TrainConfig:
     warmup: int = 0
     min_lr_ratio: float = 0.0
     clip_grad: float | None = 1.0
-    precision: str = "fp32"
+    precision: str = "float32"  # or bfloat16/float16 under autocast (fp32, bf16, fp16: the names before 0.2)
     gradient_checkpointing: bool = False
     seed: int = 0
     save_every: int = 0  # steps between checkpoints; 0: only the last one
@@ -74,16 +79,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        self.precision = SHORT_NAMES.get(self.precision, self.precision)
+        if self.precision not in ("float32", *AUTOCAST):
+            raise InputError(f"precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
+        if self.clip_grad == 0:  # 0 turns clipping off, as None does
+            self.clip_grad = None
         for name in ("batch_size", "accumulate", "epochs"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("keep", "save_every", "workers", "warmup"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+                raise InputError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
+            raise InputError(f"steps must be at least 1, got {self.steps}")
 
 
 @dataclass
@@ -108,6 +116,16 @@ class Phase:
         """The final Hugging Face folder: config, weights, processor files."""
         self.model.save_pretrained(folder)
         self.processor.save_pretrained(folder)
+
+
+@dataclass
+class FitResult(Result):
+    """What a finished ``Trainer.fit`` did: its steps, the epochs it started, what it skipped, its final model."""
+
+    steps: int
+    epochs_started: int
+    skipped: dict[str, int]  # why -> rows dropped, over every process
+    model: str  # the final Hugging Face folder
 
 
 @dataclass
@@ -157,41 +175,42 @@ RESUME_MUST_MATCH = ("batch_size", "seed")  # with the world size, they fix the 
 class Trainer:
     def __init__(self, phase: Phase, config: TrainConfig) -> None:
         self.phase, self.config = phase, config
-        self._owns_process_group = not (dist.is_available() and dist.is_initialized())
-        self.rank, self.world, self.device = distributed.setup(config.device)
-        if self.rank != 0:  # what the data files skipped is counted by process 0 alone
+        self._owns_process_group = not distributed.joined()
+        self.group = distributed.setup(config.device)
+        if not self.group.main:  # what the data files skipped is counted by process 0 alone
             phase.skipped.clear()
-        torch.manual_seed(process_seed(config.seed, self.rank))
-        random.seed(process_seed(config.seed, self.rank))
-        if config.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("fp16 training needs a GPU (its gradient scaler is CUDA-only); use bf16 on CPU")
+        torch.manual_seed(process_seed(config.seed, self.group.rank))
+        random.seed(process_seed(config.seed, self.group.rank))
+        if config.precision == "float16" and self.group.device.type != "cuda":
+            raise InputError("float16 training needs a GPU (its gradient scaler is CUDA-only); use bfloat16 on CPU")
         if config.gradient_checkpointing:
             phase.model.gradient_checkpointing_enable()
-        phase.objective.to(self.device).train()
+        phase.objective.to(self.group.device).train()
         self.module: torch.nn.Module = phase.objective
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
+        if self.group.world > 1:
+            ids = [self.group.device.index] if self.group.device.type == "cuda" else None
             self.module = DistributedDataParallel(phase.objective, device_ids=ids)
         params = trainable_parameters(phase.objective)
         if not params:
-            raise ValueError("nothing to train: every parameter of the objective is frozen")
+            raise InputError("nothing to train: every parameter of the objective is frozen")
         groups = [
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
         if phase.stream is not None and config.steps is None:
-            raise ValueError("training from tar shards needs --steps: an epoch's length is not known before reading")
+            raise InputError("training from tar shards needs --steps: an epoch's length is not known before reading")
         self.steps_per_epoch = len(self._epoch_batches(0)) // config.accumulate if phase.stream is None else 1
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{len(phase.dataset)} examples make no step of {config.batch_size * self.world * config.accumulate}"
+            raise InputError(
+                f"{len(phase.dataset)} examples make no step of "
+                f"{config.batch_size * self.group.world * config.accumulate}"
             )
         self.total = config.steps or config.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, config.warmup, self.total, config.min_lr_ratio)
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "float16")
         self.progress = Progress()
         self._stream_start: dict[str, Any] | None = None  # where a resumed stream picks up
         self._saved_step = -1
@@ -202,14 +221,18 @@ class Trainer:
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         c = self.config
-        batches = micro_batch_indices(len(self.phase.dataset), c.batch_size, self.world, self.rank, c.seed, epoch)
+        batches = micro_batch_indices(
+            len(self.phase.dataset), c.batch_size, self.group.world, self.group.rank, c.seed, epoch
+        )
         return batches[: len(batches) // c.accumulate * c.accumulate]
 
     def _loader(self) -> DataLoader:
         c, stream = self.config, self.phase.stream
         if stream is not None:
             start, self._stream_start = self._stream_start, None
-            batches: Any = stream.batches(c.batch_size, self.world, self.rank, c.seed, self.progress.epoch, start)
+            batches: Any = stream.batches(
+                c.batch_size, self.group.world, self.group.rank, c.seed, self.progress.epoch, start
+            )
         else:
             batches = self._epoch_batches(self.progress.epoch)[self.progress.micro :]
         # its own generator: worker seeds must not draw from the global RNG, which dropout replays on resume
@@ -234,25 +257,25 @@ class Trainer:
             from_start, usable = self.progress.micro == 0, 0
             for batch in self._loader():
                 if self.phase.stream is not None:  # shards end at different points: the first to end ends the epoch
-                    size, ended = self._sum_across_processes(batch["size"], 0)
+                    size, ended = self.group.sum(batch["size"], 0)
                     if ended:
                         break
                 else:
-                    size = self._sum_across_processes(batch["size"])[0]
+                    size = self.group.sum(batch["size"])[0]
                 self.progress.micro += 1
                 self.phase.skipped.update(batch.pop("skipped", []))
                 batch.pop("size")
                 if size == 0:
-                    if self.rank == 0:  # every process skips it: count it once
+                    if self.group.main:  # every process skips it: count it once
                         self.phase.skipped[NO_ROWS] += 1
                     continue
                 usable += 1
                 yield batch
             else:
                 if self.phase.stream is not None:
-                    self._sum_across_processes(0, 1)  # tell the others this process has ended its epoch
+                    self.group.sum(0, 1)  # tell the others this process has ended its epoch
             if from_start and usable == 0:
-                raise ValueError(
+                raise InputError(
                     f"epoch {self.progress.epoch} gave no usable batch (skipped so far: "
                     f"{dict(self._global_skipped())}); check the data's image paths"
                 )
@@ -266,17 +289,17 @@ class Trainer:
         tmp = target.with_name(f".{target.name}.tmp")
         self._saved_step = self.progress.step
         skipped = self._global_skipped()
-        if self.rank == 0:
+        if self.group.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        self._barrier()
-        torch.save(_rng_state(), tmp / f"rng-{self.rank:05d}.pt")  # each process its own dropout stream
+        self.group.barrier()
+        torch.save(_rng_state(), tmp / f"rng-{self.group.rank:05d}.pt")  # each process its own dropout stream
         if self.phase.stream is not None:  # and its own place in its shards: shard, offset, shuffle buffer
             position = self.phase.stream.position(self.progress.micro)
-            (tmp / f"stream-{self.rank:05d}.json").write_text(json.dumps(position) + "\n")
-        self._barrier()
-        if self.rank == 0:
-            checkpoint.save_weights(self.phase.model.state_dict(), tmp)
+            (tmp / f"stream-{self.group.rank:05d}.json").write_text(json.dumps(position) + "\n")
+        self.group.barrier()
+        if self.group.main:
+            save_weights(self.phase.model.state_dict(), tmp)
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -286,14 +309,14 @@ class Trainer:
             info = {
                 **asdict(self.progress),
                 "skipped": dict(skipped),
-                "world_size": self.world,
+                "world_size": self.group.world,
                 "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
             }
             (tmp / "trainer.json").write_text(json.dumps(info, indent=2) + "\n")
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
             self._prune(keep=max(1, self.config.keep))  # the newest stays while training, for --resume
-        self._barrier()
+        self.group.barrier()
         return target
 
     def _prune(self, keep: int) -> None:
@@ -307,30 +330,30 @@ class Trainer:
             return  # nothing yet: start from the beginning
         latest = found[-1]
         info = json.loads((latest / "trainer.json").read_text())
-        if info["world_size"] != self.world:
-            raise ValueError(
-                f"{latest} was written by {info['world_size']} processes, not {self.world}; "
+        if info["world_size"] != self.group.world:
+            raise InputError(
+                f"{latest} was written by {info['world_size']} processes, not {self.group.world}; "
                 "resume with the same number so the data order is the same"
             )
         for name in RESUME_MUST_MATCH:
             if info["config"].get(name, getattr(self.config, name)) != getattr(self.config, name):
-                raise ValueError(
+                raise InputError(
                     f"{latest} was written with {name} {info['config'][name]}, not {getattr(self.config, name)}; "
                     "resume with the same value so the data order is the same"
                 )
-        state_dict = checkpoint.load_state_dict(checkpoint.resolve_weights(latest))
+        state_dict = load_state_dict(resolve_weights(latest))
         self.phase.model.load_state_dict(state_dict, strict=True)
         state = torch.load(latest / "training_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        rng = latest / f"rng-{self.rank:05d}.pt"
+        rng = latest / f"rng-{self.group.rank:05d}.pt"
         _set_rng_state(torch.load(rng, weights_only=True) if rng.exists() else state["rng"])  # older: rank 0's only
         self.progress = Progress(info["step"], info["epoch"], info["micro"])
         if self.phase.stream is not None:
-            self._stream_start = json.loads((latest / f"stream-{self.rank:05d}.json").read_text())
+            self._stream_start = json.loads((latest / f"stream-{self.group.rank:05d}.json").read_text())
         self._saved_step = self.progress.step
-        if self.rank == 0:  # the counts of every process so far; the others count from here on
+        if self.group.main:  # the counts of every process so far; the others count from here on
             self.phase.skipped.update(info["skipped"])
         self._trim_log(self.progress.step)
 
@@ -342,36 +365,36 @@ class Trainer:
 
     def _trim_log(self, step: int) -> None:
         """Drop log lines past the checkpoint being resumed: those steps run again."""
-        if self.rank != 0 or not self.log_path.exists():
+        if not self.group.main or not self.log_path.exists():
             return
         kept = [line for line in self.log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        checkpoint.atomic_write_bytes(self.log_path, "".join(f"{line}\n" for line in kept).encode())
+        atomic_write_bytes(self.log_path, "".join(f"{line}\n" for line in kept).encode())
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.rank == 0:
+        if self.group.main:
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        dtype = AUTOCAST.get(self.config.precision)
+        return torch.autocast(self.group.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
         """DDP all-reduces gradients on the last micro-batch of a step only."""
-        if self.world > 1 and not sync:
+        if self.group.world > 1 and not sync:
             return self.module.no_sync()  # type: ignore[operator]
         return contextlib.nullcontext()
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        return {k: v.to(self.group.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
     def _step(self, micro_batches: Iterator[dict[str, Any]]) -> torch.Tensor:
         """One optimizer step over exactly ``accumulate`` micro-batches, gradients synced on the last; the
         mean of their losses (this process's, still on the device)."""
         c = self.config
-        total = torch.zeros((), device=self.device)
+        total = torch.zeros((), device=self.group.device)
         for i in range(c.accumulate):
             batch = self._to_device(next(micro_batches))
             with self._gradient_sync(i == c.accumulate - 1):
@@ -390,7 +413,7 @@ class Trainer:
         self.progress.step += 1
         return total / c.accumulate
 
-    def fit(self, on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    def fit(self, on_step: Callable[[int, float], None] | None = None) -> FitResult:
         c = self.config
         c.out.mkdir(parents=True, exist_ok=True)
         bar = tqdm(
@@ -398,21 +421,21 @@ class Trainer:
             initial=self.progress.step,
             desc="training",
             unit="step",
-            disable=not c.progress or self.rank != 0,
+            disable=not c.progress or not self.group.main,
             dynamic_ncols=True,
         )
-        samples_per_step = c.batch_size * self.world * c.accumulate
+        samples_per_step = c.batch_size * self.group.world * c.accumulate
         micro_batches = self._micro_batches()
         started = time.perf_counter()
         try:
             while self.progress.step < self.total:
                 loss = self._step(micro_batches)
-                loss_sum, skipped = self._sum_across_processes(loss, sum(self.phase.skipped.values()))
+                loss_sum, skipped = self.group.sum(loss, sum(self.phase.skipped.values()))
                 elapsed, started = time.perf_counter() - started, time.perf_counter()
                 record = {
                     "step": self.progress.step,
                     "epoch": self.progress.epoch,
-                    "loss": loss_sum / self.world,
+                    "loss": loss_sum / self.group.world,
                     "lr": self.scheduler.get_last_lr()[0],
                     "samples_per_s": samples_per_step / elapsed,
                     "skipped": int(skipped),
@@ -432,17 +455,12 @@ class Trainer:
         if self._saved_step != self.progress.step:
             self.save()
         skipped = self._global_skipped()
-        if self.rank == 0:
+        if self.group.main:
             self.phase.export(c.out / "model")
             if c.keep == 0:
                 self._prune(keep=0)
-        self._barrier()
-        return {
-            "steps": self.progress.step,
-            "epochs_started": self.progress.epoch + 1,
-            "skipped": dict(skipped),
-            "model": str(c.out / "model"),
-        }
+        self.group.barrier()
+        return FitResult(self.progress.step, self.progress.epoch + 1, dict(skipped), str(c.out / "model"))
 
     # -- across processes -------------------------------------------------------------------------
 
@@ -453,28 +471,16 @@ class Trainer:
         when the interpreter shuts down aborts the process ("terminate called without an active exception").
         So DDP goes first, then, once every process is here, the group.
         """
-        if self.world > 1 and self._owns_process_group and dist.is_initialized():
+        if self.group.world > 1 and self._owns_process_group and dist.is_initialized():
             self.module = self.phase.objective
             gc.collect()
             dist.barrier()
             dist.destroy_process_group()
 
-    def _barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def _sum_across_processes(self, *values: float | torch.Tensor) -> list[float]:
-        """Each value summed over the processes (one collective for all of them)."""
-        if self.world == 1:
-            return [float(v) for v in values]
-        tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in values])
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
     def _global_skipped(self) -> Counter:
         """What every process skipped so far, added up."""
-        if self.world == 1:
+        if self.group.world == 1:
             return Counter(self.phase.skipped)
-        counters: list[Any] = [None] * self.world
+        counters: list[Any] = [None] * self.group.world
         dist.all_gather_object(counters, dict(self.phase.skipped))
         return sum((Counter(c) for c in counters), Counter())

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from altclip.models import clip_loss, normalize
+from altclip.modeling.models import clip_loss, normalize
 
 
 def distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:

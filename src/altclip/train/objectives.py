@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from altclip.models import AltCLIPModel, CLIPModel, DualEncoderModel
+from altclip.errors import InputError
+from altclip.modeling.models import AltCLIPModel, CLIPModel, DualEncoderModel
 from altclip.train.losses import contrastive_loss, distillation_loss
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP's clamp on the learned temperature
@@ -78,7 +79,7 @@ class Distillation(Objective):
         self.targets = FrozenOutputs() if cache_targets else None
         width = teacher.config.text_config.hidden_size
         if student.config.text_config.project_dim != width:
-            raise ValueError(
+            raise InputError(
                 f"the student's project_dim ({student.config.text_config.project_dim}) must equal the teacher's "
                 f"text width ({width}); build the student with `altclip init`"
             )
@@ -123,7 +124,7 @@ class Contrastive(Objective):
     ) -> None:
         super().__init__()
         if cache_images and not freeze_vision:
-            raise ValueError("cache_images needs a frozen image tower")
+            raise InputError("cache_images needs a frozen image tower")
         self.model = model
         self.local_loss = local_loss
         self.images = FrozenOutputs() if cache_images else None

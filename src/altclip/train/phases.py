@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from altclip.datafiles import ParallelLines, read_pairs
-from altclip.models import AltCLIPModel, CLIPModel
-from altclip.processor import AltCLIPProcessor
-from altclip.runtime import load_pretrained, text_token_limit
-from altclip.shards import expand_shards, is_shard_spec
-from altclip.tokenization import CLIPTokenizer
+from altclip.data.datafiles import ParallelLines, read_pairs
+from altclip.data.shards import expand_shards, is_shard_spec
+from altclip.modeling.models import AltCLIPModel, CLIPModel
+from altclip.processing.processor import AltCLIPProcessor
+from altclip.processing.tokenization import CLIPTokenizer
+from altclip.runtime.loading import load_pretrained, text_token_limit
 from altclip.train.data import (
     SHUFFLE_BUFFER,
     ImagePairs,

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from altclip import checkpoint
-from altclip.checkpoint import KeyMap
-from altclip.config import CONFIG_NAME, AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig
-from altclip.image import CLIPImageProcessor
-from altclip.models import AltCLIPModel, CLIPModel
-from altclip.processor import AltCLIPProcessor
-from altclip.tokenization import XLMRobertaTokenizer
+from altclip.errors import InputError
+from altclip.hub import HubError, resolve_file
+from altclip.modeling.config import CONFIG_NAME, AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig
+from altclip.modeling.models import AltCLIPModel, CLIPModel
+from altclip.modeling.weights import KeyMap, check_state_dict, load_state_dict, resolve_weights
+from altclip.processing.image import CLIPImageProcessor
+from altclip.processing.processor import AltCLIPProcessor
+from altclip.processing.tokenization import XLMRobertaTokenizer
 
 # XLMRobertaModel writes embeddings.* / encoder.layer.*; XLMRobertaForMaskedLM the same under roberta.
 XLMR_KEYS = KeyMap(
@@ -31,9 +32,9 @@ XLMR_KEYS = KeyMap(
 
 def text_config_from(text: str | Path, project_dim: int) -> AltCLIPTextConfig:
     """An XLM-R (or AltCLIP text) config.json, given the teacher's text width as ``project_dim``."""
-    values = json.loads(checkpoint.resolve_file(text, CONFIG_NAME).read_text(encoding="utf-8"))
+    values = json.loads(resolve_file(text, CONFIG_NAME).read_text(encoding="utf-8"))
     if values.get("model_type") in ("altclip", "clip"):
-        raise ValueError(f"{text} is a full {values['model_type']} model; --text wants an XLM-R model or config")
+        raise InputError(f"{text} is a full {values['model_type']} model; --text wants an XLM-R model or config")
     return AltCLIPTextConfig.from_dict({**values, "project_dim": project_dim})
 
 
@@ -55,12 +56,12 @@ def build_student(clip: str | Path, text: str | Path, out: str | Path, tokenizer
     student.text_projection.load_state_dict(teacher.text_projection.state_dict())
     student.logit_scale.copy_(teacher.logit_scale)
     try:
-        weights = checkpoint.resolve_weights(text)
-    except checkpoint.CheckpointNotFoundError:
+        weights = resolve_weights(text)
+    except HubError:
         weights = []  # a config alone: the text tower starts fresh
     if weights:
-        state = XLMR_KEYS.apply(checkpoint.load_state_dict(weights))
-        checkpoint.check_state_dict(student.text_model.roberta.state_dict(), state, f"the XLM-R text tower of {text}")
+        state = XLMR_KEYS.apply(load_state_dict(weights))
+        check_state_dict(student.text_model.roberta.state_dict(), state, f"the XLM-R text tower of {text}")
         student.text_model.roberta.load_state_dict(state)
     out = Path(out)
     student.save_pretrained(out)
@@ -68,7 +69,7 @@ def build_student(clip: str | Path, text: str | Path, out: str | Path, tokenizer
         CLIPImageProcessor.from_pretrained(clip), XLMRobertaTokenizer.from_pretrained(tokenizer or text)
     )
     if len(processor.tokenizer) > text_config.vocab_size:
-        raise ValueError(
+        raise InputError(
             f"the tokenizer has {len(processor.tokenizer)} tokens but the text tower {text_config.vocab_size}"
         )
     processor.save_pretrained(out)

@@ -1,0 +1,4 @@
+"""Inputs -> tensors: images (CLIPImageProcessor), text (tokenizers), both (processors), prompt templates.
+
+Floor: imports only errors, files and hub.
+"""
