@@ -62,6 +62,8 @@ def read_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]
 
 def read_classnames(path: str | Path, classes: Sequence[str]) -> list[str]:
     """Names for ``classes``: one per line in their order, or ``folder<TAB>name`` lines."""
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: no such class-name file")
     lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if lines and all("\t" in line for line in lines):
         mapping = dict(line.split("\t", 1) for line in lines)

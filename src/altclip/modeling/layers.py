@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from altclip.errors import InputError
+from altclip.modeling.config import CLIPTextConfig, CLIPVisionConfig
 
 
 def quick_gelu(x: Tensor) -> Tensor:
@@ -123,14 +124,13 @@ class CLIPMLP(nn.Module):
 class CLIPEncoderLayer(nn.Module):
     """Pre-LN transformer block of both CLIP towers."""
 
-    def __init__(
-        self, hidden_size: int, intermediate_size: int, num_heads: int, act: str, eps: float, dropout: float
-    ) -> None:
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
         super().__init__()
-        self.self_attn = CLIPAttention(hidden_size, num_heads, dropout)
-        self.layer_norm1 = nn.LayerNorm(hidden_size, eps=eps)
-        self.mlp = CLIPMLP(hidden_size, intermediate_size, act)
-        self.layer_norm2 = nn.LayerNorm(hidden_size, eps=eps)
+        c = config
+        self.self_attn = CLIPAttention(c.hidden_size, c.num_attention_heads, c.attention_dropout)
+        self.layer_norm1 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.mlp = CLIPMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
+        self.layer_norm2 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         attn, weights = self.self_attn(self.layer_norm1(x), mask, need_weights)
@@ -194,20 +194,11 @@ def run_layers(
 
 
 class CLIPEncoder(nn.Module):
-    def __init__(
-        self,
-        hidden_size: int,
-        intermediate_size: int,
-        num_layers: int,
-        num_heads: int,
-        act: str,
-        eps: float,
-        dropout: float,
-    ) -> None:
+    """The stack of pre-LN blocks of either CLIP tower, as its config describes it."""
+
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            CLIPEncoderLayer(hidden_size, intermediate_size, num_heads, act, eps, dropout) for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
     def init_weights(self, factor: float) -> None:

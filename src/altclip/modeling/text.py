@@ -237,15 +237,7 @@ class CLIPTextTransformer(nn.Module):
         super().__init__()
         c = self.config = config
         self.embeddings = CLIPTextEmbeddings(c)
-        self.encoder = CLIPEncoder(
-            c.hidden_size,
-            c.intermediate_size,
-            c.num_hidden_layers,
-            c.num_attention_heads,
-            c.hidden_act,
-            c.layer_norm_eps,
-            c.attention_dropout,
-        )
+        self.encoder = CLIPEncoder(c)
         self.final_layer_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     @torch.no_grad()

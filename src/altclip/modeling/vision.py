@@ -74,15 +74,7 @@ class CLIPVisionTransformer(nn.Module):
         c = self.config = config
         self.embeddings = CLIPVisionEmbeddings(c)
         self.pre_layrnorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.encoder = CLIPEncoder(
-            c.hidden_size,
-            c.intermediate_size,
-            c.num_hidden_layers,
-            c.num_attention_heads,
-            c.hidden_act,
-            c.layer_norm_eps,
-            c.attention_dropout,
-        )
+        self.encoder = CLIPEncoder(c)
         self.post_layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     @torch.no_grad()

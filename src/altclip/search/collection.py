@@ -293,7 +293,7 @@ def _create(out: Path, source: str, recipe: dict[str, Any], part_size: int, dim:
 
 @dataclass
 class PartPlan:
-    """Batches of tasks for the parts this process embeds, found lazily (a tar part is scanned when its
+    """Batches of tasks for the parts this process embeds, found lazily (a tar shard is scanned when its
     turn comes); ``items`` keeps each started part's samples until it is written."""
 
     collection: Collection
