@@ -149,7 +149,7 @@ def vit_l(images: list[str]) -> dict[str, dict[str, float]]:
         for mode, matmul in (("float32", None), (f"auto ({auto})", auto), ("int8", "int8")):
             model = AltCLIPModel.from_pretrained(tmp, precision=matmul)
             with torch.inference_mode():
-                model.get_image_features(pixels[:32])  # warm-up (int8 compiles its kernel here)
+                model.get_image_features(pixels[:32])  # warm-up (int8 chooses its kernel when it loads)
                 start = time.perf_counter()
                 features = torch.cat(
                     [model.get_image_features(pixels[i : i + 32]).float() for i in range(0, len(pixels), 32)]

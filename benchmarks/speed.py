@@ -3,8 +3,14 @@ against transformers' AltCLIPModel (eager and sdpa in float32; sdpa in bfloat16)
 it ran on and what --precision auto chose there.
 
     .venv/bin/python benchmarks/speed.py                 # BAAI/AltCLIP sizes (ViT-L/14 + XLM-R-large)
+    .venv/bin/python benchmarks/speed.py --size b16      # ViT-B/16 images, an XLM-R-base-sized text tower
     .venv/bin/python benchmarks/speed.py --size small    # a quick run on a small model
     .venv/bin/python benchmarks/speed.py --json out.json
+
+It measures everything twice by default, each time in fresh processes: once at this CPU's own instruction level
+and once held to AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2), as an
+AVX2-only CPU runs it, and prints a table for each (``--isa`` picks one). Each table says which kernel int8
+chose there and why.
 
 Every implementation runs in its own process on the same random weights (peak memory is that process's
 maximum resident set). Measured, for each: image embeddings/s at batch 1, 8, 32; text embeddings/s at
@@ -45,6 +51,19 @@ SIZES = {
             "image_size": 224,
         },
     },
+    # ViT-B/16 images (openai/clip-vit-base-patch16's tower), an XLM-R-base-sized text tower, projection 512
+    "b16": {
+        "text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "project_dim": 768},
+        "projection_dim": 512,
+        "vision_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "patch_size": 16,
+            "image_size": 224,
+        },
+    },
     "small": {
         "text_config": {
             "hidden_size": 256,
@@ -65,6 +84,10 @@ SIZES = {
     },
 }
 IMAGE_BATCHES, TEXT_LENGTHS, TEXT_BATCHES = (1, 8, 32), (16, 32, 77), (1, 8, 32)
+ISA_LIMITS = {  # the environment each worker runs in: "native" leaves torch, oneDNN and MKL at the CPU's own level
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
 IMPLEMENTATIONS = (
     "altclip",
     "transformers-sdpa",
@@ -187,7 +210,24 @@ def worker(impl: str, folder: Path, config: dict[str, Any], seconds: float, mixe
                 results["text"][f"{length}x{batch}"] = batch / timed(lambda i=ids, m=mask: text(i, m), seconds)
         results["mixed"] = run_mixed(impl, model, folder, mixed)
     results["peak_rss_gb"] = peak_memory_gb()
+    choice = getattr(model, "int8_kernel", None)
+    if choice is not None:
+        results["int8_kernel"] = choice.reason()
     return results
+
+
+def machine() -> dict[str, Any]:
+    """What the report's header says: the CPU as torch runs it here, auto's choice, the float32 ceiling."""
+    from altclip.runtime.hardware import choose_precision, detect_cpu
+
+    auto = choose_precision(torch.device("cpu"))
+    return {
+        "cpu": detect_cpu().describe(),
+        "auto": f"{auto.name} ({auto.reason})",
+        "ceiling": matmul_ceiling(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def run_mixed(impl: str, model, folder: Path, texts: list[str]) -> dict[str, float]:
@@ -272,23 +312,30 @@ def compare(folder: Path, text, image) -> dict[str, float]:
     return {"max_abs_diff": diff, "min_cosine": cosine}
 
 
-def report(results: dict[str, dict[str, Any]], config: dict[str, Any], ceiling: float) -> str:
-    from altclip.runtime.hardware import choose_precision, detect_cpu
+def report(isa: str, results: dict[str, dict[str, Any]], config: dict[str, Any], here: dict[str, Any]) -> str:
     from altclip.tables import format_table
 
     impls = list(results)
     hf = [i for i in impls if i.startswith("transformers") and not i.endswith("-bf16")] or impls[:1]
+    ceiling = here["ceiling"]
 
     def best(section: str, key: Any) -> float:
         return max(results[i][section][key] for i in hf)
 
-    auto = choose_precision(torch.device("cpu"))
+    limits = " ".join(f"{k}={v}" for k, v in ISA_LIMITS[isa].items()) or "none"
     lines = [
-        f"CPU: {detect_cpu().describe()}",
-        f"--precision auto here: {auto.name} ({auto.reason})",
+        f"== {isa}: instruction-set limits {limits}",
+        f"CPU: {here['cpu']}",
+        f"--precision auto here: {here['auto']}",
         f"float32 matmul ceiling: {ceiling:.1f} GFLOP/s",
-        f"threads: {torch.get_num_threads()}, torch {torch.__version__}",
+        f"threads: {here['threads']}, torch {here['torch']}",
+        *(f"int8 kernel: {results[i]['int8_kernel']}" for i in impls if "int8_kernel" in results[i]),
     ]
+    if "altclip" in results:  # each mode against altclip's own float32, images at each batch
+        own = results["altclip"]["image"]
+        for impl in impls:
+            ratios = " / ".join(f"{results[impl]['image'][str(b)] / own[str(b)]:.2f}x" for b in IMAGE_BATCHES)
+            lines.append(f"images vs altclip float32, batch {' / '.join(map(str, IMAGE_BATCHES))}: {impl} {ratios}")
     image_flops = flops_per_image(config["vision_config"])
     rows = []
     for batch in IMAGE_BATCHES:
@@ -365,6 +412,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timing per measurement")
     parser.add_argument("--mixed", type=int, default=1400, help="texts in the mixed-length workload")
     parser.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    parser.add_argument("--isa", nargs="+", choices=sorted(ISA_LIMITS), default=["native", "avx2"])
     parser.add_argument("--json", help="also write the raw numbers here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -372,8 +420,14 @@ def main() -> int:
     texts = mixed_workload(args.mixed)
     if args.worker:
         config = json.loads(Path(args.folder, "bench.json").read_text())
-        print(json.dumps(worker(args.worker, Path(args.folder), config, args.seconds, texts)))
+        found = (
+            machine()
+            if args.worker == "machine"
+            else worker(args.worker, Path(args.folder), config, args.seconds, texts)
+        )
+        print(json.dumps(found))
         return 0
+    raw: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         config = prepare(folder, args.size, texts)
@@ -383,34 +437,26 @@ def main() -> int:
                 print(f"exporting {impl} ...", file=sys.stderr, flush=True)
                 print(f"{impl} export: {export(folder, impl, quantize):.0f} s", file=sys.stderr, flush=True)
         reference(folder, config)
-        ceiling = matmul_ceiling()
-        results = {}
-        for impl in args.only:
-            print(f"measuring {impl} ...", file=sys.stderr, flush=True)
-            command = [
-                sys.executable,
-                __file__,
-                "--worker",
-                impl,
-                "--folder",
-                str(folder),
-                "--size",
-                args.size,
-                "--seconds",
-                str(args.seconds),
-                "--mixed",
-                str(args.mixed),
-            ]
-            out = subprocess.run(
-                command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
-            )
-            if out.returncode:
-                raise SystemExit(f"{impl} failed:\n{out.stderr[-3000:]}")
-            results[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(report(results, config, ceiling))
+        for isa in args.isa:
+            here = child("machine", isa, folder, args)
+            results = {impl: child(impl, isa, folder, args) for impl in args.only}
+            raw[isa] = {"machine": here, "results": results}
+            print(report(isa, results, config, here) + "\n", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "ceiling_gflops": ceiling}, indent=2))
+        Path(args.json).write_text(json.dumps(raw, indent=2))
     return 0
+
+
+def child(task: str, isa: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One implementation's measurements (or the machine's header) from a fresh process under ``isa``'s limits."""
+    print(f"{isa}: measuring {task} ...", file=sys.stderr, flush=True)
+    command = [sys.executable, __file__, "--worker", task, "--folder", str(folder), "--size", args.size]
+    command += ["--seconds", str(args.seconds), "--mixed", str(args.mixed)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **ISA_LIMITS[isa]}
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"{task} ({isa}) failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -54,39 +54,92 @@ def test_quantize_rows_round_trips_within_half_a_step():
     assert ((values.float() * scale - x).abs() <= scale / 2 + 1e-6).all()
 
 
-def test_eager_fallback_where_compile_fails(monkeypatch):
-    def broken(*args, **kwargs):
-        def fails(*a, **k):
-            raise RuntimeError("no C++ compiler")
-
-        return fails
-
-    monkeypatch.setattr(quantize, "_kernel", None)
-    monkeypatch.setattr(torch, "compile", broken)
-    assert quantize.kernel() == (int8_linear, True)
-    monkeypatch.setattr(quantize, "_kernel", None)  # the next test chooses for itself
+SHAPES = {(48, 40): 3, (40, 48): 1}
 
 
-def test_float_products_where_int_mm_is_not_exact(monkeypatch):
-    """oneDNN without VNNI sums int8 pairs into saturating int16: caught once, then multiplied in float32."""
+@pytest.fixture
+def fresh_choice(monkeypatch, tmp_path):
+    """An empty user cache and no choice made yet in this process."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(quantize, "_choices", {})
+
+
+@pytest.mark.parametrize("kernel", quantize.KERNELS)
+def test_every_kernel_that_runs_here_is_checked_against_the_naive_reference(kernel, fresh_choice):
+    """Our scheme's kernels must equal the naive reference where they are correct here; fbgemm (its own scheme)
+    must stay close to float32; the choice records which passed."""
+    float32, timings = quantize.measure(SHAPES)
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 40)
+    x = torch.randn(9, 48) * torch.linspace(0.1, 10, 9)[:, None]
+    layer = Int8Linear.from_linear(linear)
+    if not timings[kernel].correct:
+        assert timings[kernel].problem and timings[kernel].seconds is None
+        return
+    ours = quantize.run_kernel(kernel, x, layer)
+    if kernel == "fbgemm":
+        assert nn.functional.cosine_similarity(ours, linear(x)).min() > 0.99
+    else:
+        naive = naive_int8_linear(x, linear.weight.detach(), linear.bias)
+        torch.testing.assert_close(ours, naive, atol=1e-4, rtol=1e-5)
+    assert timings[kernel].seconds > 0 and float32 > 0
+
+
+def fake_timings(**seconds: float | None) -> dict[str, quantize.KernelTiming]:
+    return {
+        name: quantize.KernelTiming(t, t is not None, None if t is not None else "refused")
+        for name, t in seconds.items()
+    }
+
+
+def test_the_choice_follows_its_own_timings(monkeypatch, fresh_choice, caplog):
+    """The fastest correct candidate, whatever it is; a refused one never, however fast it would be."""
+    timings = fake_timings(int_mm=0.3, float=0.2, fbgemm=None)
+    monkeypatch.setattr(quantize, "measure", lambda shapes: (0.25, timings))
+    with caplog.at_level("WARNING", logger="altclip.modeling.quantize"):
+        choice = quantize.choose_kernel(SHAPES)
+    assert (
+        choice.kernel
+        == "float"
+        == min((n for n, t in choice.timings.items() if t.correct), key=lambda n: choice.timings[n].seconds)
+    )
+    assert choice.speedup == pytest.approx(1.25) and not caplog.text  # faster than float32: no warning
+    monkeypatch.setattr(quantize, "_choices", {})
+    monkeypatch.setattr(quantize, "machine", lambda: {"cpu": "another CPU"})
+    monkeypatch.setattr(quantize, "measure", lambda shapes: (0.1, timings))
+    with caplog.at_level("WARNING", logger="altclip.modeling.quantize"):
+        slow = quantize.choose_kernel(SHAPES)
+    assert slow.kernel == "float" and slow.speedup == pytest.approx(0.5)
+    assert "int8 is slower than float32 on this CPU (0.50x" in caplog.text
+
+
+def test_the_choice_is_kept_per_machine_in_the_user_cache(monkeypatch, fresh_choice, tmp_path):
+    measured = []
+    monkeypatch.setattr(quantize, "measure", lambda shapes: measured.append(shapes) or (1.0, fake_timings(float=0.5)))
+    first = quantize.choose_kernel(SHAPES)
+    assert quantize.cache_path().is_relative_to(tmp_path / "cache") and quantize.cache_path().is_file()
+    monkeypatch.setattr(quantize, "_choices", {})  # a new process, as it were
+    again = quantize.choose_kernel(SHAPES)
+    assert len(measured) == 1 and again.cached and not first.cached
+    assert again.to_json() | {"cached": False} == first.to_json()
+    monkeypatch.setattr(quantize, "_choices", {})
+    here = quantize.machine()
+    monkeypatch.setattr(quantize, "machine", lambda: {**here, "torch": "another version"})
+    quantize.choose_kernel(SHAPES)
+    assert len(measured) == 2  # another machine or version: measured again
+
+
+def test_a_saturating_int_mm_is_refused(monkeypatch, fresh_choice):
+    """oneDNN without VNNI sums int8 pairs into saturating int16: caught on the probe, never run."""
     real_int_mm = torch._int_mm
 
     def saturating(a, b):
         return real_int_mm(a, b).clamp(-(2**15), 2**15 - 1)
 
-    monkeypatch.setattr(quantize, "_kernel", None)
     monkeypatch.setattr(torch, "_int_mm", saturating)
-    assert not quantize.int_mm_is_exact()
-    matmul, int_mm = quantize.kernel()
-    assert not int_mm
-    torch.manual_seed(0)
-    linear = nn.Linear(300, 11)
-    x = torch.randn(5, 300) * 3
-    weight, scale = quantize_weight(linear.weight.detach())
-    ours = matmul(x, weight, scale[None], linear.bias)
-    torch.testing.assert_close(ours, naive_int8_linear(x, linear.weight.detach(), linear.bias), atol=1e-4, rtol=1e-5)
-    assert not torch.allclose(int8_linear(x, weight, scale[None], linear.bias), ours, atol=1e-2)  # saturated
-    monkeypatch.setattr(quantize, "_kernel", None)
+    choice = quantize.choose_kernel({(300, 11): 1})
+    assert "saturating" in choice.timings["int_mm"].problem
+    assert choice.kernel != "int_mm" and choice.timings[choice.kernel].correct
 
 
 def test_int8_embeddings_stay_close_to_float32(altclip_checkpoint, image_folder):

@@ -63,7 +63,10 @@ def test_doctor_json_has_its_documented_fields(monkeypatch, capsys):
     code = main(["doctor", "--json", "--seconds", "1", "--modes", "bfloat16", "int8", "onnx", "--device", "cpu"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert set(report) == {"machine", "device", "model", "modes", "works", "auto", "fastest", "advice"}
+    assert set(report) == {"machine", "device", "model", "modes", "works", "auto", "fastest", "advice", "int8_kernel"}
+    kernel = report["int8_kernel"]  # measured on the small model's own layer shapes
+    assert kernel["kernel"] in kernel["timings"] and kernel["timings"][kernel["kernel"]]["correct"]
+    assert kernel["float32_seconds"] > 0 and kernel["machine"]["capability"] == cpu_capability()
     cpu = report["machine"]["cpu"]
     assert {"name", "cores", "capability", "flags", "flags_from", "threads"} <= set(cpu)
     assert cpu["capability"] == torch.backends.cpu.get_cpu_capability() and cpu["cores"] >= 1
@@ -82,10 +85,15 @@ def test_doctor_json_has_its_documented_fields(monkeypatch, capsys):
     assert report["auto"]["name"] in report["advice"]
 
 
+def cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def test_doctor_table(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "SMALL_MODEL", TINY)
-    assert main(["doctor", "--seconds", "0.5", "--modes", "float32", "--device", "cpu"]) == 0
+    assert main(["doctor", "--seconds", "0.5", "--modes", "float32", "int8", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
+    assert "int8 kernel: fastest correct int8 product:" in out
     assert "CPU capability" in out and torch.backends.cpu.get_cpu_capability() in out and "1.00x" in out
     assert main(["doctor", "--modes", "float64"]) == 1
     assert "unknown modes ['float64']" in capsys.readouterr().err

@@ -128,4 +128,7 @@ def load_embedder(args: argparse.Namespace, model: str | None = None, device: An
         backend=args.backend,
     )
     print(f"altclip: {embedder.precision.describe()}", file=sys.stderr)  # stderr: stdout stays the result
+    kernel = getattr(embedder.model, "int8_kernel", None)
+    if kernel is not None:
+        print(f"altclip: int8 kernel {kernel.kernel}, {kernel.speedup:.2f}x float32 on this CPU", file=sys.stderr)
     return embedder

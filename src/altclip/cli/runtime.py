@@ -65,6 +65,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for m in report.modes
     ]
     print(format_table(["mode", "images/s", "vs float32", "min cosine", "set-up s", "problem"], modes))
+    if report.int8_line():
+        print(f"\n{report.int8_line()}")
     print(f"\n{report.advice}")
     return 0
 

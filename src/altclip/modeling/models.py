@@ -88,7 +88,7 @@ def weight_converter(
     state dict it becomes (cast, or quantized with its scale). With ``matmuls="int8"`` the model's Linears
     are replaced by ``Int8Linear`` here."""
     if matmuls == "int8":
-        replace_linears(model)
+        model.int8_kernel = replace_linears(model)  # the kernel choice, with its timings
         converted = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Int8Linear)}
     elif matmuls is not None:
         converted = {

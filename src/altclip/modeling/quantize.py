@@ -1,33 +1,45 @@
 """int8 inference on the CPU: every ``nn.Linear`` becomes an ``Int8Linear``.
 
 Weights are int8 with one float32 scale per output row (symmetric, ``max|w| / 127``); activations are quantized
-the same way per token, on the fly, and the product runs as an int8 x int8 -> int32 matrix multiply
-(``torch._int_mm``, VNNI where the CPU has it) before both scales bring it back to float32. The patch
+the same way per token, on the fly, and the integer product is brought back to float32 by both scales. The patch
 convolution, the embeddings and the LayerNorms stay float32. Measured against float32 in
-``benchmarks/accuracy.py``.
+``benchmarks/accuracy.py``. This replaces ``torch.ao.quantization.quantize_dynamic`` (deprecated) and quantizes
+while the checkpoint is read, one tensor at a time (``quantize_weight``), so the float32 weights are never all in
+memory.
 
-This replaces ``torch.ao.quantization.quantize_dynamic`` (deprecated) and quantizes while the checkpoint is
-read, one tensor at a time (``quantize_weight``), so the float32 weights are never all in memory. torchao's
-int8 dynamic quantization was tried and not taken: on the CPU its eager path multiplies in int32 and its fast
-path needs the whole model compiled (the README's "Speed" section has the figures, with the CPU they were
-measured on).
-
-The quantize-multiply-rescale step is one function, ``int8_linear``; where ``torch.compile`` works (a C++
-compiler is present) and agrees with it, it runs compiled, which fuses the per-token scaling into one pass;
-otherwise eagerly, with a warning. ``torch._int_mm`` is checked
-once per process: where it is not exact (CPUs without VNNI, where oneDNN's int8 products saturate), the same
-integers are multiplied in float32 instead: the same results, at about float32's speed.
+How the product runs is chosen by measurement, once per machine (``choose_kernel``): the candidates
+(``run_kernel``: ``torch._int_mm``, the same integers multiplied in float32, fbgemm's dynamic int8 linear) are
+checked on a probe with CLIP's outlier channels and timed on the model's own layer shapes, beside float32; the
+fastest correct one runs. ``torch._int_mm`` is exact and fast with VNNI, but oneDNN without VNNI sums int8 pairs
+into saturating int16 (wrong), or runs a slow reference path; fbgemm quantizes activations per batch in 7 bits,
+which outlier channels ruin. The choice, with its timings, is kept in the user cache and shown by ``altclip
+doctor``; where even the fastest is slower than float32, loading warns. The int8 product is never handed to
+``torch.compile``: Inductor's version of it (torch 2.13) was seen to corrupt the heap at one row on AVX-512 and to
+give wrong values, even NaN, at AVX2.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import json
 import logging
+import os
+import platform
 import threading
+import time
+import warnings
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from altclip.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -51,62 +63,255 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | 
     return y if bias is None else y.add_(bias)
 
 
-def int_mm_is_exact() -> bool:
-    """Whether ``torch._int_mm`` gives the exact int32 products here. On CPUs without VNNI oneDNN multiplies
-    int8 pairs into saturating int16 sums, and the results are wrong (seen with ONEDNN_MAX_CPU_ISA=AVX2)."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randint(-127, 128, (64, 512), dtype=torch.int8, generator=generator)
-    b = torch.randint(-127, 128, (96, 512), dtype=torch.int8, generator=generator)
-    exact = (a.float() @ b.float().t()).to(torch.int32)  # sums below 2**24: exact in float32
-    return torch.equal(torch._int_mm(a, b.t()), exact)
+KERNELS = ("int_mm", "float", "fbgemm")
+PROBE_ROWS = 256  # token rows each candidate is timed on: enough to rank, few enough that a slow kernel costs little
+CHECK_ROWS = (1, 7, 37, PROBE_ROWS)  # row counts each candidate must be right at
+MIN_PROBE_COSINE = 0.999  # a kernel with its own quantization (fbgemm) must stay this close to float32 on the probe
+CHOICE_VERSION = 2  # of the cached record; a new one measures again
 
 
-def choose_kernel() -> tuple[Callable[..., Tensor], bool]:
-    """The int8 product for this process and whether it uses ``torch._int_mm``: compiled where that works and
-    agrees with the eager function, eager otherwise, in float32 arithmetic where ``torch._int_mm`` is inexact."""
-    if not int_mm_is_exact():
-        logger.warning(
-            "int8: torch's int8 matrix multiply is not exact on this CPU (no VNNI?); int8 layers multiply in "
-            "float32 here, correct but at about float32's speed. For int8 speed use `altclip export onnx "
-            "--quantize int8` and --backend onnx"
+def fbgemm_packed(layer: Int8Linear) -> Any:
+    """The layer's weight in fbgemm's packed layout (per-channel qint8, the same integers and scales), made once."""
+    packed = getattr(layer, "_fbgemm", None)
+    if packed is None:
+        zero = torch.zeros(layer.out_features, dtype=torch.long)
+        with warnings.catch_warnings():  # torch deprecates its quantized tensors; this candidate goes with them
+            warnings.simplefilter("ignore", UserWarning)
+            weight = torch._make_per_channel_quantized_tensor(layer.weight, layer.weight_scale.double(), zero, 0)
+        packed = layer._fbgemm = torch.ops.quantized.linear_prepack(weight, layer.bias)
+    return packed
+
+
+@torch.compiler.disable  # Inductor's int8 product corrupted the heap at one row (torch 2.13): never compiled
+def run_kernel(name: str, x: Tensor, layer: Int8Linear) -> Tensor:
+    """(tokens, in) float32 through ``layer`` with the kernel ``name`` -> (tokens, out) float32.
+
+    int_mm: our per-token int8 scheme with ``torch._int_mm``; float: the same integers multiplied in float32
+    (exact wherever the other is not); fbgemm: torch's dynamic int8 linear (what ``quantize_dynamic`` ran), which
+    quantizes activations per batch rather than per token, in 7 bits."""
+    scale = layer.weight_scale[None]
+    if name == "int_mm":
+        return int8_linear(x, layer.weight, scale, layer.bias)
+    if name == "float":
+        return int8_linear(x, layer.weight, scale, layer.bias, int_mm=False)
+    if name == "fbgemm":
+        return torch.ops.quantized.linear_dynamic(x, fbgemm_packed(layer), True)
+    raise ValueError(f"unknown int8 kernel {name!r}; the kernels are {KERNELS}")
+
+
+@dataclass
+class KernelTiming:
+    """One candidate on the probe: its seconds for one pass over the model's layer shapes, and whether it is
+    correct (None: it did not run here, ``problem`` says why)."""
+
+    seconds: float | None
+    correct: bool
+    problem: str | None = None
+
+
+@dataclass
+class KernelChoice:
+    """The int8 kernel chosen on this machine for a model's layer shapes, and the measurements behind it."""
+
+    kernel: str
+    float32_seconds: float  # F.linear in float32 on the same probe
+    timings: dict[str, KernelTiming]
+    machine: dict[str, str]
+    cached: bool = False  # read from the user cache rather than measured in this process
+
+    @property
+    def speedup(self) -> float:
+        """How much faster than float32 the chosen kernel ran on the probe."""
+        return self.float32_seconds / (self.timings[self.kernel].seconds or float("inf"))
+
+    def reason(self) -> str:
+        tried = ", ".join(
+            f"{name} {t.seconds * 1e3:.1f} ms" if t.correct and t.seconds else f"{name} refused ({t.problem})"
+            for name, t in self.timings.items()
         )
-        return functools.partial(int8_linear, int_mm=False), False
-    generator = torch.Generator().manual_seed(0)
-    x, (w, s) = torch.randn(64, 512, generator=generator), quantize_rows(torch.randn(96, 512, generator=generator))
-    expected = int8_linear(x, w, s.t(), None)
-    compiled = torch.compile(int8_linear, dynamic=True)
+        return f"fastest correct int8 product: {self.kernel}, {self.speedup:.2f}x float32 ({tried})"
+
+    def to_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["speedup"] = round(self.speedup, 3)
+        return values
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> KernelChoice:
+        timings = {name: KernelTiming(**t) for name, t in values["timings"].items()}
+        return cls(values["kernel"], values["float32_seconds"], timings, values["machine"], cached=True)
+
+
+def machine() -> dict[str, str]:
+    """What a kernel's speed depends on: the CPU, the instruction sets torch and oneDNN may use, the versions."""
+    return {
+        "cpu": cpu_name(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+        "threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "altclip": version("altclip"),
+    }
+
+
+def cpu_name() -> str:
+    path = Path("/proc/cpuinfo")
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def version(package: str) -> str:
     try:
-        got = compiled(x, w, s.t(), None)
-        # fused code may round a value to the next int8 step: allow that, not more (an AVX2 build of this
-        # kernel was seen off by 135)
-        if (got - expected).abs().max() > 1e-3 * expected.abs().max():
-            raise RuntimeError("the compiled kernel disagrees with the eager one")
-    except Exception as err:  # no C++ compiler, an unsupported platform: correct, only slower
-        logger.warning("int8: torch.compile is not usable here (%s); running the eager kernel", err)
-        return int8_linear, True
-    return compiled, True
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
-_kernel: tuple[Callable[..., Tensor], bool] | None = None
-_kernel_lock = threading.Lock()
+def cache_path() -> Path:
+    """The user cache of kernel choices ($XDG_CACHE_HOME/altclip, else ~/.cache/altclip)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "altclip" / "int8-kernels.json"
 
 
-def kernel() -> tuple[Callable[..., Tensor], bool]:
-    """``choose_kernel()``, once per process."""
-    global _kernel
-    with _kernel_lock:
-        if _kernel is None:
-            _kernel = choose_kernel()
-        return _kernel
+def probe(shapes: dict[tuple[int, int], int]) -> tuple[Tensor, list[tuple[Int8Linear, int]]]:
+    """Activations with CLIP's outlier channels (a few channels 20x the rest, as LayerNorm's outputs have them)
+    and one random layer per shape, with how many layers of the model have it."""
+    generator = torch.Generator().manual_seed(0)
+    widest = max(n for n, _ in shapes)
+    x = torch.randn(PROBE_ROWS, widest, generator=generator)
+    x[:, : max(1, widest // 200)] *= 20
+    layers = []
+    for (n_in, n_out), count in sorted(shapes.items()):
+        linear = nn.Linear(n_in, n_out)
+        nn.init.normal_(linear.weight, std=n_in**-0.5, generator=generator)
+        layers.append((Int8Linear.from_linear(linear), count))
+    return x, layers
+
+
+def seconds(run: Callable[[], Any], repeats: int = 3) -> float:
+    """Seconds per call after a warm-up call (compilation, packing, oneDNN's primitive cache); a call slower than
+    a quarter second is timed once, so a very slow kernel costs the choice little."""
+    run()
+    start = time.perf_counter()
+    run()
+    once = time.perf_counter() - start
+    if once > 0.25:
+        return once
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return (time.perf_counter() - start) / repeats
+
+
+def measure(shapes: dict[tuple[int, int], int]) -> tuple[float, dict[str, KernelTiming]]:
+    """Seconds of float32 and of each candidate for one pass over a model's layers (each distinct (in, out)
+    shape timed once, weighted by how many layers have it), and each candidate's correctness: ours must give the
+    exact result of our int8 scheme (within 1e-3 of its largest value; oneDNN without VNNI saturates), fbgemm
+    must stay within ``MIN_PROBE_COSINE`` of float32."""
+    x, layers = probe(shapes)
+    cases = [(x[:, : layer.in_features].contiguous(), layer, count) for layer, count in layers]
+    dense = [layer.weight.float() * layer.weight_scale[:, None] for layer, _ in layers]
+
+    def per_pass(run: Callable[[Tensor, Int8Linear, int], Any]) -> float:
+        return sum(count * seconds(functools.partial(run, v, layer, i)) for i, (v, layer, count) in enumerate(cases))
+
+    float32 = per_pass(lambda v, layer, i: F.linear(v, dense[i], layer.bias))
+    timings = {}
+    for name in KERNELS:
+        try:
+            problem = check(name, cases, dense)
+            took = per_pass(lambda v, layer, i, name=name: run_kernel(name, v, layer)) if problem is None else None
+        except Exception as err:  # a kernel this build of torch or this CPU lacks
+            took, problem = None, f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+        timings[name] = KernelTiming(took, problem is None, problem)
+    return float32, timings
+
+
+def check(name: str, cases: list[tuple[Tensor, Int8Linear, int]], dense: list[Tensor]) -> str | None:
+    """Why a kernel's outputs on the probe are not acceptable, or None. Every shape is checked at several row
+    counts: a kernel right at one count was seen wrong (even NaN) at others."""
+    for (probe_rows, layer, _), w in zip(cases, dense, strict=True):
+        for rows in CHECK_ROWS:
+            v = probe_rows[:rows]
+            y = run_kernel(name, v, layer).double()
+            if name == "fbgemm":
+                cosine = float(F.cosine_similarity(y, F.linear(v, w, layer.bias).double(), dim=-1).min())
+                if not cosine >= MIN_PROBE_COSINE:
+                    return f"cosine {cosine:.4f} to float32 on activations with outlier channels"
+                continue
+            x_int8, x_scale = quantize_rows(v)
+            exact = (x_int8.double() @ layer.weight.double().t()) * (x_scale.double() * layer.weight_scale.double())
+            exact = exact if layer.bias is None else exact + layer.bias.double()
+            if not (y - exact).abs().max() <= 1e-3 * exact.abs().max():
+                return f"differs from the exact int8 products at {rows} rows (saturating sums?)"
+    return None
+
+
+def pick(timings: dict[str, KernelTiming]) -> str:
+    """The fastest correct candidate."""
+    timed = {name: t.seconds for name, t in timings.items() if t.correct and t.seconds is not None}
+    if not timed:
+        raise RuntimeError(f"no int8 kernel gives correct results here: {timings}")
+    return min(timed, key=timed.__getitem__)
+
+
+_choices: dict[str, KernelChoice] = {}
+_choices_lock = threading.Lock()
+
+
+def choose_kernel(shapes: dict[tuple[int, int], int]) -> KernelChoice:
+    """The int8 kernel for a model whose Linears have these (in, out) shapes (-> how many): measured on first use
+    on a machine (``measure``, a few seconds), then read from the user cache (``cache_path``), keyed by the
+    machine, the versions and the shapes. It warns where even the fastest is slower than float32."""
+    key = json.dumps({"version": CHOICE_VERSION, "machine": machine(), "shapes": sorted(shapes.items())})
+    with _choices_lock:
+        if key in _choices:
+            return _choices[key]
+        cached = read_cache().get(key)
+        if cached is not None:
+            choice = KernelChoice.from_json(cached)
+        else:
+            float32, timings = measure(shapes)
+            choice = KernelChoice(pick(timings), float32, timings, machine())
+            write_cache(key, choice)
+        if choice.speedup < 1:
+            logger.warning(
+                "int8 is slower than float32 on this CPU (%.2fx with its fastest correct kernel, %s): use float32, "
+                "or `altclip doctor` to see what is fast here",
+                choice.speedup,
+                choice.kernel,
+            )
+        _choices[key] = choice
+        return choice
+
+
+def read_cache() -> dict[str, Any]:
+    try:
+        values = json.loads(cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: measure again
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def write_cache(key: str, choice: KernelChoice) -> None:
+    try:
+        write_json(cache_path(), {**read_cache(), key: choice.to_json()})
+    except OSError as err:  # a read-only home: the choice holds for this process
+        logger.info("int8: the kernel choice could not be cached (%s)", err)
 
 
 class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights and per-token int8 activations; its state dict holds ``weight``
-    (int8, out x in), ``weight_scale`` (float32, out) and ``bias`` (float32) where the layer has one."""
+    (int8, out x in), ``weight_scale`` (float32, out) and ``bias`` (float32) where the layer has one. ``kernel``
+    names how the product runs (``run_kernel``); ``replace_linears`` sets it to the one measured fastest here."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.kernel = "float"  # correct everywhere
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
@@ -121,16 +326,12 @@ class Int8Linear(nn.Module):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, self.in_features)  # (tokens, in)
-        if torch.compiler.is_compiling():  # inside a compiled tower: inlined; the choice was made at loading
-            matmul = functools.partial(int8_linear, int_mm=_kernel is None or _kernel[1])
-        else:
-            matmul = kernel()[0]
-        y = matmul(rows.float(), self.weight, self.weight_scale[None], self.bias)  # (tokens, out)
+        y = run_kernel(self.kernel, x.reshape(-1, self.in_features).float(), self)  # (tokens, out)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, kernel={self.kernel}"
 
 
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,12 +340,16 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     return values, scale.squeeze(-1)
 
 
-def replace_linears(model: nn.Module) -> nn.Module:
+def replace_linears(model: nn.Module) -> KernelChoice:
     """Swap every ``nn.Linear`` of ``model`` for an ``Int8Linear`` in place (quantizing its weights unless the
-    model is on the meta device, where ``quantize_weight`` fills them in while a checkpoint is read)."""
-    kernel()  # chosen (and compiled) now, at loading, not on the first batch
+    model is on the meta device, where ``quantize_weight`` fills them in while a checkpoint is read), each running
+    the kernel ``choose_kernel`` picks for the model's shapes, chosen now, at loading, not on the first batch."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, name, Int8Linear.from_linear(child))
-    return model
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    choice = choose_kernel(dict(Counter((m.in_features, m.out_features) for m in layers)))
+    for layer in layers:
+        layer.kernel = choice.kernel
+    return choice

@@ -13,6 +13,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch import Tensor
 from altclip.errors import InputError
 from altclip.modeling.config import AltCLIPConfig
 from altclip.modeling.models import AltCLIPModel, normalize
+from altclip.modeling.quantize import KernelChoice, choose_kernel
 from altclip.runtime.hardware import CPU, choose_precision, detect_cpu, detect_gpu, resolve_device
 from altclip.runtime.loading import compile_towers
 from altclip.tables import Result
@@ -85,6 +87,7 @@ class DoctorReport(Result):
     auto: dict[str, Any]  # the precision auto picks, why, and its measured ratio to float32
     fastest: dict[str, Any]
     advice: str
+    int8_kernel: dict[str, Any] | None = None  # the measured kernel choice (KernelChoice.to_json)
 
     @property
     def works(self) -> dict[str, bool]:
@@ -94,6 +97,15 @@ class DoctorReport(Result):
         values = asdict(self)
         values["works"] = self.works
         return values
+
+    def int8_line(self) -> str | None:
+        """How int8 runs here and why, or None where int8 was not measured."""
+        if self.int8_kernel is None:
+            return None
+        line = f"int8 kernel: {KernelChoice.from_json(self.int8_kernel).reason()}"
+        if self.int8_kernel["speedup"] < 1:
+            line += "; int8 is slower than float32 on this CPU, and never recommended here"
+        return line
 
     def machine_rows(self) -> list[tuple[str, str]]:
         """The machine as (what, this one) rows for a table."""
@@ -168,6 +180,14 @@ def image_features(folder: Path, mode: str, device: torch.device, scratch: Path)
     return run
 
 
+def linear_shapes(config: dict[str, Any]) -> dict[tuple[int, int], int]:
+    """The (in, out) shapes of the small model's Linears and how many have each, as int8 loading sees them."""
+    with torch.device("meta"):
+        model = AltCLIPModel(AltCLIPConfig.from_dict(config))
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    return dict(Counter((m.in_features, m.out_features) for m in linears))
+
+
 def images_per_second(run: Callable[[Tensor], Tensor], pixels: Tensor, seconds: float, device: torch.device) -> float:
     calls, start = 0, time.perf_counter()
     while calls < 2 or time.perf_counter() - start < seconds:
@@ -234,7 +254,9 @@ def run_doctor(
     picked = next((r for r in results if r.mode == choice.name), None)
     auto = {**choice.to_json(), "ratio_to_float32": picked.ratio_to_float32 if picked else None}
     fastest = max((r for r in results if r.works and r.images_per_second), key=lambda r: r.images_per_second or 0)
+    int8 = next((r for r in results if r.mode == "int8" and r.works), None)
     return DoctorReport(
+        int8_kernel=choose_kernel(linear_shapes(SMALL_MODEL)).to_json() if int8 else None,
         machine=machine_facts(cpu),
         device=str(device),
         model={"vision": "ViT-B/32 width, 6 layers, random weights", "batch": BATCH, "seconds": seconds},
