@@ -22,13 +22,26 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def subcommands(parser) -> dict[str, object]:
+    """Every command and subcommand parser by its words ("eval retrieval")."""
+    found = {}
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, sub in action.choices.items():
+            found[name] = sub
+            found.update({f"{name} {k}": v for k, v in subcommands(sub).items()})
+    return found
+
+
 def test_help_lists_every_command_with_an_example():
     result = subprocess.run([sys.executable, "-m", "altclip.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for command in ("classify", "similarity", "embed", "index", "search", "serve", "doctor"):
         assert command in result.stdout and f"altclip {command}" in result.stdout
-        sub = build_parser()._subparsers._group_actions[0].choices[command]
-        assert f"altclip {command}" in sub.format_help()
+    commands = subcommands(build_parser())
+    assert {"eval retrieval", "train distill", "export onnx", "explain", "demo", "init"} <= set(commands)
+    for words, sub in commands.items():
+        text = sub.format_help()
+        assert "example:" in text and f"  altclip {words}" in text.split("example:", 1)[1], words
 
 
 def test_classify_table_and_json_equal_direct_calls(capsys, altclip_checkpoint, image_folder):

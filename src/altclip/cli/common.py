@@ -35,9 +35,15 @@ def command(
     return parser
 
 
-def group(sub: Subparsers, name: str, help: str, dest: str) -> Subparsers:
+def group(sub: Subparsers, name: str, help: str, dest: str, examples: str) -> Subparsers:
     """A command made of subcommands (``eval retrieval``, ``train distill``), which it names in ``dest``."""
-    parser = sub.add_parser(name, help=help, description=help)
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog="example:\n" + "\n".join(f"  {line}" for line in examples.splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     return parser.add_subparsers(dest=dest, required=True, metavar=dest.upper())
 
 

@@ -85,7 +85,14 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     from altclip.evaluate.datasets import FORMATS
 
-    tasks = group(sub, "eval", "evaluate: retrieval recall per language, zero-shot accuracy", "task")
+    tasks = group(
+        sub,
+        "eval",
+        "evaluate: retrieval recall per language, zero-shot accuracy",
+        "task",
+        "altclip eval retrieval flickr30k-test.jsonl --report report/\n"
+        "altclip eval zeroshot --data imagenet-val --classnames names_zh.txt --lang zh",
+    )
     p = command(tasks, "retrieval", cmd_retrieval, [model])
     p.add_argument("data", nargs="?", help="the pairs file or the benchmark's folder")
     p.add_argument("--data", dest="data_option", metavar="DATA", help="the same, as an option")

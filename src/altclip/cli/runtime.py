@@ -75,7 +75,8 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     from altclip.runtime.doctor import MODES
     from altclip.runtime.export import QUANTIZATIONS, TOWERS
 
-    formats = group(sub, "export", "export a model for other runtimes (ONNX)", "format")
+    examples = "altclip export onnx --model BAAI/AltCLIP --out altclip-onnx"
+    formats = group(sub, "export", "export a model for other runtimes (ONNX)", "format", examples)
     p = command(formats, "onnx", cmd_export)
     p.add_argument("--model", help="hub name or local folder (default BAAI/AltCLIP)")
     p.add_argument("--out", required=True, help="the export folder")

@@ -159,7 +159,15 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     add_json(p)
 
     training = training_options()
-    phases = group(sub, "train", "train AltCLIP: phase 1 (distill) or phase 2 (contrastive)", "phase")
+    phases = group(
+        sub,
+        "train",
+        "train AltCLIP: phase 1 (distill) or phase 2 (contrastive)",
+        "phase",
+        "altclip train distill --teacher openai/clip-vit-large-patch14 --student student --data parallel.tsv \\\n"
+        "    --out run1\n"
+        "altclip train contrastive --model run1/model --data pairs.jsonl --out run2",
+    )
     p = command(phases, "distill", cmd_distill, [training])
     p.add_argument("--teacher", required=True, help="the CLIP teacher")
     p.add_argument("--student", required=True, help="the AltCLIP student (from `altclip init`)")
