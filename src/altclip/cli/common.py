@@ -28,7 +28,7 @@ def command(
         parents=list(parents),
         help=help,
         description=description,
-        epilog="example:\n" + "\n".join(f"  {line}" for line in examples) if examples else None,
+        epilog=epilog(examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(run=run)
@@ -41,10 +41,14 @@ def group(sub: Subparsers, name: str, help: str, dest: str, examples: str) -> Su
         name,
         help=help,
         description=help,
-        epilog="example:\n" + "\n".join(f"  {line}" for line in examples.splitlines()),
+        epilog=epilog(examples.splitlines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser.add_subparsers(dest=dest, required=True, metavar=dest.upper())
+
+
+def epilog(examples: Sequence[str]) -> str | None:
+    return "example:\n" + "\n".join(f"  {line}" for line in examples) if examples else None
 
 
 def read_docstring(handler: Handler) -> tuple[str, str, list[str]]:
