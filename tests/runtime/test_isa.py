@@ -17,7 +17,7 @@ import torch
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import torch
     from altclip.embedder import Embedder
     from altclip.runtime import doctor
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
         "doctor": report.to_json(),
     }))
     """
-).replace("import json, sys", "import json, os, sys")
+)
 
 
 def run(folder, images, limits: dict[str, str], cache) -> dict:
