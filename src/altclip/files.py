@@ -1,4 +1,5 @@
-"""Small file helpers anyone may use: atomic writes, JSON objects read and written, sizes like "4GB".
+"""Small file helpers anyone may use: atomic writes, JSON objects read and written, sizes like "4GB", the CPU
+as /proc/cpuinfo describes it.
 
 Writes are atomic: a temporary file in the same folder, then a rename, so a reader never sees half a file and
 an interrupted job leaves the last finished version behind.
@@ -12,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import platform
 import re
 import tempfile
 from collections.abc import Iterator
@@ -89,3 +91,17 @@ def write_image(path: str | Path, image: Any, format: str = "PNG") -> Path:
     with atomic_path(path) as tmp:
         image.save(tmp, format=format)
     return path
+
+
+def cpuinfo() -> tuple[str, set[str]]:
+    """The CPU's model name and flags from ``/proc/cpuinfo`` (empty where there is none, e.g. macOS)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    path = Path("/proc/cpuinfo")
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    return name, flags

@@ -25,7 +25,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import platform
 import threading
 import time
 import warnings
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from altclip.files import write_json
+from altclip.files import cpuinfo, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -145,23 +144,13 @@ class KernelChoice:
 def machine() -> dict[str, str]:
     """What a kernel's speed depends on: the CPU, the instruction sets torch and oneDNN may use, the versions."""
     return {
-        "cpu": cpu_name(),
+        "cpu": cpuinfo()[0],
         "capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
         "altclip": version("altclip"),
     }
-
-
-def cpu_name() -> str:
-    path = Path("/proc/cpuinfo")
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    return platform.processor() or platform.machine()
 
 
 def version(package: str) -> str:

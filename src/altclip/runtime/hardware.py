@@ -19,14 +19,13 @@ every precision computes the same model. ``altclip doctor`` measures whether the
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from altclip.errors import InputError
+from altclip.files import cpuinfo
 from altclip.tables import Result
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
@@ -42,20 +41,6 @@ TORCH_CPU_CHECKS = {
     "avx512_bf16": "_is_avx512_bf16_supported",
     "amx_bf16": "_is_amx_tile_supported",
 }
-
-
-def cpuinfo() -> tuple[str, set[str]]:
-    """The CPU's model name and flags from ``/proc/cpuinfo`` (empty where there is none, e.g. macOS)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    path = Path("/proc/cpuinfo")
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() in ("flags", "Features"):
-                flags = set(value.split())
-    return name, flags
 
 
 @dataclass(frozen=True)
