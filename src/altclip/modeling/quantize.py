@@ -338,7 +338,13 @@ def replace_linears(model: nn.Module) -> KernelChoice:
             if type(child) is nn.Linear:
                 setattr(module, name, Int8Linear.from_linear(child))
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    choice = choose_kernel(dict(Counter((m.in_features, m.out_features) for m in layers)))
+    choice = choose_kernel(linear_shapes(model))
     for layer in layers:
         layer.kernel = choice.kernel
     return choice
+
+
+def linear_shapes(model: nn.Module) -> dict[tuple[int, int], int]:
+    """(in, out) -> how many of the model's Linears (plain or int8) have that shape: what a kernel is chosen for."""
+    linears = [m for m in model.modules() if type(m) in (nn.Linear, Int8Linear)]
+    return dict(Counter((m.in_features, m.out_features) for m in linears))

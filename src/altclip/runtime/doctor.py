@@ -13,7 +13,6 @@ import platform
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import Tensor
 from altclip.errors import InputError
 from altclip.modeling.config import AltCLIPConfig
 from altclip.modeling.models import AltCLIPModel, normalize
-from altclip.modeling.quantize import KernelChoice, choose_kernel
+from altclip.modeling.quantize import KernelChoice, choose_kernel, linear_shapes
 from altclip.runtime.hardware import CPU, choose_precision, detect_cpu, detect_gpu, resolve_device
 from altclip.runtime.loading import compile_towers
 from altclip.tables import Result
@@ -180,12 +179,10 @@ def image_features(folder: Path, mode: str, device: torch.device, scratch: Path)
     return run
 
 
-def linear_shapes(config: dict[str, Any]) -> dict[tuple[int, int], int]:
-    """The (in, out) shapes of the small model's Linears and how many have each, as int8 loading sees them."""
+def small_model_shapes() -> dict[tuple[int, int], int]:
+    """The Linear shapes of the small model, as int8 loading sees them (built on the meta device: no weights)."""
     with torch.device("meta"):
-        model = AltCLIPModel(AltCLIPConfig.from_dict(config))
-    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
-    return dict(Counter((m.in_features, m.out_features) for m in linears))
+        return linear_shapes(AltCLIPModel(AltCLIPConfig.from_dict(SMALL_MODEL)))
 
 
 def images_per_second(run: Callable[[Tensor], Tensor], pixels: Tensor, seconds: float, device: torch.device) -> float:
@@ -256,7 +253,7 @@ def run_doctor(
     fastest = max((r for r in results if r.works and r.images_per_second), key=lambda r: r.images_per_second or 0)
     int8 = next((r for r in results if r.mode == "int8" and r.works), None)
     return DoctorReport(
-        int8_kernel=choose_kernel(linear_shapes(SMALL_MODEL)).to_json() if int8 else None,
+        int8_kernel=choose_kernel(small_model_shapes()).to_json() if int8 else None,
         machine=machine_facts(cpu),
         device=str(device),
         model={"vision": "ViT-B/32 width, 6 layers, random weights", "batch": BATCH, "seconds": seconds},
