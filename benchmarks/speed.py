@@ -86,7 +86,12 @@ SIZES = {
 IMAGE_BATCHES, TEXT_LENGTHS, TEXT_BATCHES = (1, 8, 32), (16, 32, 77), (1, 8, 32)
 ISA_LIMITS = {  # the environment each worker runs in: "native" leaves torch, oneDNN and MKL at the CPU's own level
     "native": {},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    },
 }
 IMPLEMENTATIONS = (
     "altclip",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from altclip.data.datafiles import read_pairs
 from altclip.data.imagefiles import ImageFiles
 from altclip.processing.image import CLIPImageProcessor
@@ -15,6 +17,27 @@ def test_processes_split_exactly_what_one_process_sees():
     assert all(a == b + c for a, b, c in zip(one, *parts, strict=True))
     assert micro_batch_indices(103, 8, 1, 0, 3, 2) == one and micro_batch_indices(103, 8, 1, 0, 3, 3) != one
     assert len({i for batch in one for i in batch}) == 96
+
+
+def test_grouping_by_length_pads_less_and_sees_the_same_samples():
+    lengths = [(i * 7919) % 61 + 1 for i in range(1000)]  # 1 to 61 tokens, in no order
+    plain = micro_batch_indices(1000, batch=16, world=1, rank=0, seed=1, epoch=0)
+    grouped = micro_batch_indices(1000, batch=16, world=1, rank=0, seed=1, epoch=0, lengths=lengths)
+
+    def padded(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b)  # each sample once
+    assert padded(grouped) < 0.6 * padded(plain)
+    assert (
+        grouped
+        == micro_batch_indices(1000, 16, 1, 0, 1, 0, lengths)
+        != micro_batch_indices(1000, 16, 1, 0, 1, 1, lengths)
+    )
+    parts = [micro_batch_indices(1000, 8, 2, r, 1, 0, lengths) for r in range(2)]
+    assert all(a == b + c for a, b, c in zip(grouped, *parts, strict=True))  # processes split one batch
+    with pytest.raises(ValueError, match="lengths: 3 values for 1000 samples"):
+        micro_batch_indices(1000, 16, 1, 0, 1, 0, [1, 2, 3])
 
 
 def test_training_reads_images_as_embedding_does(monkeypatch, pairs_jsonl):

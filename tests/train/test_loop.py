@@ -81,11 +81,12 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize(("accumulate", "dropout"), [(1, True), (2, False)])
-def test_resume_gives_the_uninterrupted_losses(tmp_path, teacher, student, parallel_tsv, accumulate, dropout):
+@pytest.mark.parametrize(("accumulate", "dropout", "grouped"), [(1, True, False), (2, False, True)])
+def test_resume_gives_the_uninterrupted_losses(tmp_path, teacher, student, parallel_tsv, accumulate, dropout, grouped):
     if dropout:
         student = with_dropout(student, tmp_path / "dropout-student")
     config = dict(steps=8, batch_size=8, accumulate=accumulate, lr=1e-3, warmup=2, save_every=3, progress=False)
+    config["group_by_length"] = grouped
     Trainer(distillation_phase(teacher, student, parallel_tsv), TrainConfig(tmp_path / "straight", **config)).fit()
 
     def crash_at_5(step: int, loss: float) -> None:

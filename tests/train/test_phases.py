@@ -28,6 +28,16 @@ def test_datasets_and_collates_pickle(teacher, student, parallel_tsv, pairs_json
         assert_same_batch(collate([dataset[i] for i in range(6)]), phase.collate(items))
 
 
+def test_lengths_are_each_rows_tokens(teacher, student, parallel_tsv, pairs_jsonl):
+    distill, pairs = distillation_phase(teacher, student, parallel_tsv), contrastive_phase(student, pairs_jsonl)
+    tokenizer = distill.processor.tokenizer
+    rows = [distill.dataset[i] for i in range(len(distill.dataset))]
+    expected = [len(tokenizer(r["src"])["input_ids"]) + len(tokenizer(r["tgt"])["input_ids"]) for r in rows]
+    assert distill.lengths() == expected and len(set(expected)) > 1
+    captions = [row["caption"] for row in pairs.dataset.rows]
+    assert pairs.lengths() == [len(pairs.processor.tokenizer(c)["input_ids"]) for c in captions]
+
+
 def test_a_batch_without_readable_images_keeps_its_tensors(student, pairs_jsonl):
     phase = contrastive_phase(student, pairs_jsonl)
     batch = phase.collate([(None, "not_image"), (None, "missing")])

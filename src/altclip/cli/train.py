@@ -138,6 +138,7 @@ def training_options() -> argparse.ArgumentParser:
     field("--precision", "float32, or mixed precision under autocast: bfloat16 (CPU or GPU) or float16 (GPU, with "
           "a gradient scaler); fp32, bf16 and fp16 are accepted too", choices=TRAINING_PRECISIONS)  # fmt: skip
     field("--gradient-checkpointing", "recompute activations in the backward pass")
+    field("--group-by-length", "batches of texts of about one length (less padding; a data file, not tar shards)")
     field("--seed")
     field("--save-every", "steps between checkpoints (0: only at the end)")
     field("--keep", "newest checkpoints kept; 0: none once the final model is written (the newest stays while "

@@ -72,6 +72,8 @@ class DemoConfig:
     distill_lr: float = 3e-3
     contrastive_lr: float = 2e-4
     contrastive_logit_scale: float | None = None  # phase 2 starts from this scale (None: the teacher's, copied)
+    student_dropout: float = 0.05  # the student tower's hidden dropout
+    group_by_length: bool = True  # both phases batch names of about one length (``TrainConfig.group_by_length``)
     batch_size: int = 128
     seed: int = 0
     holdout: str = "test"  # "validation": tune on a split of the training emoji, the test emoji left out
@@ -91,7 +93,9 @@ def _stage_done(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
-def _train(config: DemoConfig, phase: Any, out: Path, epochs: int, lr: float, warmup: int) -> Path:
+def _train(
+    config: DemoConfig, phase: Any, out: Path, epochs: int, lr: float, warmup: int, group_by_length: bool = False
+) -> Path:
     """Run a phase to completion, resuming an interrupted run of the same stage."""
     train_config = TrainConfig(
         out,
@@ -104,6 +108,7 @@ def _train(config: DemoConfig, phase: Any, out: Path, epochs: int, lr: float, wa
         seed=config.seed,
         save_every=200,
         resume=True,
+        group_by_length=group_by_length,
         workers=config.workers,
         device=config.device,
         progress=config.progress,
@@ -182,7 +187,7 @@ def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
         "max_position_embeddings": 66,
         "type_vocab_size": 1,
         "layer_norm_eps": 1e-5,
-        "hidden_dropout_prob": 0.05,
+        "hidden_dropout_prob": config.student_dropout,
         "attention_probs_dropout_prob": 0.0,
         "pad_token_id": 1,
         "bos_token_id": 0,
@@ -237,7 +242,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
     if not _stage_done(distilled):
         phase = distillation_phase(teacher, student, data.folder / "parallel.tsv", cache_targets=True)
         distilled = _train(
-            config, phase, config.out / "distill", config.distill_epochs, lr=config.distill_lr, warmup=50
+            config,
+            phase,
+            config.out / "distill",
+            config.distill_epochs,
+            lr=config.distill_lr,
+            warmup=50,
+            group_by_length=config.group_by_length,
         )
     altclip_model = config.out / "contrastive" / "model"
     if not _stage_done(altclip_model):
@@ -246,7 +257,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
             with torch.no_grad():
                 phase.model.logit_scale.fill_(math.log(config.contrastive_logit_scale))
         altclip_model = _train(
-            config, phase, config.out / "contrastive", config.contrastive_epochs, lr=config.contrastive_lr, warmup=20
+            config,
+            phase,
+            config.out / "contrastive",
+            config.contrastive_epochs,
+            lr=config.contrastive_lr,
+            warmup=20,
+            group_by_length=config.group_by_length,
         )
     say(config, "[5/5] evaluation: retrieval among the held-out emoji; zero-shot flags by CLDR country names")
     rows, flags, pointing, pointing_paths = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})

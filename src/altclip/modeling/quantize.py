@@ -8,14 +8,15 @@ while the checkpoint is read, one tensor at a time (``quantize_weight``), so the
 memory.
 
 How the product runs is chosen by measurement, once per machine (``choose_kernel``): the candidates
-(``run_kernel``: ``torch._int_mm``, the same integers multiplied in float32, fbgemm's dynamic int8 linear) are
-checked on a probe with CLIP's outlier channels and timed on the model's own layer shapes, beside float32; the
-fastest correct one runs. ``torch._int_mm`` is exact and fast with VNNI, but oneDNN without VNNI sums int8 pairs
-into saturating int16 (wrong), or runs a slow reference path; fbgemm quantizes activations per batch in 7 bits,
-which outlier channels ruin. The choice, with its timings, is kept in the user cache and shown by ``altclip
-doctor``; where even the fastest is slower than float32, loading warns. The int8 product is never handed to
-``torch.compile``: Inductor's version of it (torch 2.13) was seen to corrupt the heap at one row on AVX-512 and to
-give wrong values, even NaN, at AVX2.
+(``run_kernel``) are checked on a probe with CLIP's outlier channels and timed on the model's own layer shapes,
+beside float32; the fastest correct one runs. ``torch._int_mm`` is exact and fast with VNNI; oneDNN without VNNI
+sums pairs of (int8 + 128) x int8 products into saturating int16, which 7-bit weights (±63) keep exact
+(``int_mm7``), or it runs a slow reference path. fbgemm quantizes activations per batch in 7 bits, which outlier
+channels ruin (``fbgemm``); ``fbgemm_split`` scales each token to the same range first and multiplies the outlier
+channels in float32, as LLM.int8() does. The choice, with its timings, is kept in the user cache and shown by
+``altclip doctor``; where even the fastest is slower than float32, loading warns. The int8 product is never handed
+to ``torch.compile``: Inductor's version of it (torch 2.13) was seen to corrupt the heap at one row on AVX-512 and
+to give wrong values, even NaN, at AVX2.
 """
 
 from __future__ import annotations
@@ -62,39 +63,72 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | 
     return y if bias is None else y.add_(bias)
 
 
-KERNELS = ("int_mm", "float", "fbgemm")
+KERNELS = ("int_mm", "int_mm7", "float", "fbgemm", "fbgemm_split")
 PROBE_ROWS = 256  # token rows each candidate is timed on: enough to rank, few enough that a slow kernel costs little
 CHECK_ROWS = (1, 7, 37, PROBE_ROWS)  # row counts each candidate must be right at
 MIN_PROBE_COSINE = 0.999  # a kernel with its own quantization (fbgemm) must stay this close to float32 on the probe
-CHOICE_VERSION = 2  # of the cached record; a new one measures again
+OUTLIER_RATIO = 6.0  # fbgemm_split: a channel whose largest value is this many times the median channel's
+CHOICE_VERSION = 3  # of the cached record; a new one measures again
+TARGET_SPEEDUP = 2.0  # what int8 should give over float32; below it, loading says so with the measured figure
 
 
-def fbgemm_packed(layer: Int8Linear) -> Any:
-    """The layer's weight in fbgemm's packed layout (per-channel qint8, the same integers and scales), made once."""
-    packed = getattr(layer, "_fbgemm", None)
-    if packed is None:
+def weight_int7(layer: Int8Linear) -> tuple[Tensor, Tensor]:
+    """The layer's weight in 7 bits (±63) and its (1, out) scale, made once from the int8 one: with weights this
+    small, oneDNN's int16 pair sums ((int8 + 128) x int8, twice) stay below 2^15 on CPUs without VNNI."""
+    cached = getattr(layer, "_int7", None)
+    if cached is None:
+        half = INT8_MAX // 2  # 63
+        weight = torch.round(layer.weight.float() * (half / INT8_MAX)).to(torch.int8)
+        cached = layer._int7 = (weight, (layer.weight_scale * (INT8_MAX / half))[None])
+    return cached
+
+
+def fbgemm_packed(layer: Int8Linear, bias: bool = True) -> Any:
+    """The layer's weight in fbgemm's packed layout (per-channel qint8, the same integers and scales), with or
+    without its bias, made once."""
+    packs = layer.__dict__.setdefault("_fbgemm", {})
+    if bias not in packs:
         zero = torch.zeros(layer.out_features, dtype=torch.long)
         with warnings.catch_warnings():  # torch deprecates its quantized tensors; this candidate goes with them
             warnings.simplefilter("ignore", UserWarning)
             weight = torch._make_per_channel_quantized_tensor(layer.weight, layer.weight_scale.double(), zero, 0)
-        packed = layer._fbgemm = torch.ops.quantized.linear_prepack(weight, layer.bias)
-    return packed
+        packs[bias] = torch.ops.quantized.linear_prepack(weight, layer.bias if bias else None)
+    return packs[bias]
+
+
+def fbgemm_split(x: Tensor, layer: Int8Linear) -> Tensor:
+    """fbgemm's int8 linear with the outlier channels (``OUTLIER_RATIO``) multiplied in float32 and every token
+    scaled to [-1, 1] first, so its per-batch quantization is a per-token one."""
+    channel_max = x.abs().amax(0)  # (in,)
+    outliers = (channel_max > OUTLIER_RATIO * channel_max.median()).nonzero().squeeze(1)  # (k,)
+    rest = x.index_fill(1, outliers, 0.0) if len(outliers) else x
+    token_scale = rest.abs().amax(-1, keepdim=True).clamp_(min=1e-12)  # (tokens, 1)
+    y = torch.ops.quantized.linear_dynamic(rest / token_scale, fbgemm_packed(layer, bias=False), True)
+    y.mul_(token_scale)  # (tokens, out)
+    if len(outliers):
+        weight = layer.weight.index_select(1, outliers).float() * layer.weight_scale[:, None]  # (out, k)
+        y.addmm_(x.index_select(1, outliers), weight.t())
+    return y if layer.bias is None else y.add_(layer.bias)
 
 
 @torch.compiler.disable  # Inductor's int8 product corrupted the heap at one row (torch 2.13): never compiled
 def run_kernel(name: str, x: Tensor, layer: Int8Linear) -> Tensor:
     """(tokens, in) float32 through ``layer`` with the kernel ``name`` -> (tokens, out) float32.
 
-    int_mm: our per-token int8 scheme with ``torch._int_mm``; float: the same integers multiplied in float32
-    (exact wherever the other is not); fbgemm: torch's dynamic int8 linear (what ``quantize_dynamic`` ran), which
-    quantizes activations per batch rather than per token, in 7 bits."""
-    scale = layer.weight_scale[None]
+    int_mm: our per-token int8 scheme with ``torch._int_mm``; int_mm7: the same with 7-bit weights
+    (``weight_int7``); float: the same integers multiplied in float32 (exact wherever the others are not);
+    fbgemm: torch's dynamic int8 linear (what ``quantize_dynamic`` ran), which quantizes activations per batch in
+    7 bits; fbgemm_split: the same with per-token scaling and outlier channels in float32 (``fbgemm_split``)."""
     if name == "int_mm":
-        return int8_linear(x, layer.weight, scale, layer.bias)
+        return int8_linear(x, layer.weight, layer.weight_scale[None], layer.bias)
+    if name == "int_mm7":
+        return int8_linear(x, *weight_int7(layer), layer.bias)
     if name == "float":
-        return int8_linear(x, layer.weight, scale, layer.bias, int_mm=False)
+        return int8_linear(x, layer.weight, layer.weight_scale[None], layer.bias, int_mm=False)
     if name == "fbgemm":
         return torch.ops.quantized.linear_dynamic(x, fbgemm_packed(layer), True)
+    if name == "fbgemm_split":
+        return fbgemm_split(x, layer)
     raise ValueError(f"unknown int8 kernel {name!r}; the kernels are {KERNELS}")
 
 
@@ -123,6 +157,17 @@ class KernelChoice:
         """How much faster than float32 the chosen kernel ran on the probe."""
         return self.float32_seconds / (self.timings[self.kernel].seconds or float("inf"))
 
+    def shortfall(self) -> str | None:
+        """What int8 falls short of on this CPU (slower than float32, or below ``TARGET_SPEEDUP``), or None."""
+        if self.speedup < 1:
+            return f"int8 is slower than float32 on this CPU ({self.speedup:.2f}x with {self.kernel}): use float32"
+        if self.speedup < TARGET_SPEEDUP:
+            return (
+                f"int8 runs only {self.speedup:.2f}x float32 on this CPU ({self.kernel}; {TARGET_SPEEDUP:g}x needs "
+                "int8 dot products in hardware, AVX-512 VNNI or AVX-VNNI)"
+            )
+        return None
+
     def reason(self) -> str:
         tried = ", ".join(
             f"{name} {t.seconds * 1e3:.1f} ms" if t.correct and t.seconds else f"{name} refused ({t.problem})"
@@ -147,6 +192,7 @@ def machine() -> dict[str, str]:
         "cpu": cpuinfo()[0],
         "capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+        "fbgemm_isa": os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", ""),
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
         "altclip": version("altclip"),
@@ -226,13 +272,14 @@ def check(name: str, cases: list[tuple[Tensor, Int8Linear, int]], dense: list[Te
         for rows in CHECK_ROWS:
             v = probe_rows[:rows]
             y = run_kernel(name, v, layer).double()
-            if name == "fbgemm":
+            if name.startswith("fbgemm"):
                 cosine = float(F.cosine_similarity(y, F.linear(v, w, layer.bias).double(), dim=-1).min())
                 if not cosine >= MIN_PROBE_COSINE:
                     return f"cosine {cosine:.4f} to float32 on activations with outlier channels"
                 continue
+            weight, weight_scale = weight_int7(layer) if name == "int_mm7" else (layer.weight, layer.weight_scale)
             x_int8, x_scale = quantize_rows(v)
-            exact = (x_int8.double() @ layer.weight.double().t()) * (x_scale.double() * layer.weight_scale.double())
+            exact = (x_int8.double() @ weight.double().t()) * (x_scale.double() * weight_scale.double())
             exact = exact if layer.bias is None else exact + layer.bias.double()
             if not (y - exact).abs().max() <= 1e-3 * exact.abs().max():
                 return f"differs from the exact int8 products at {rows} rows (saturating sums?)"
@@ -266,13 +313,8 @@ def choose_kernel(shapes: dict[tuple[int, int], int]) -> KernelChoice:
             float32, timings = measure(shapes)
             choice = KernelChoice(pick(timings), float32, timings, machine())
             write_cache(key, choice)
-        if choice.speedup < 1:
-            logger.warning(
-                "int8 is slower than float32 on this CPU (%.2fx with its fastest correct kernel, %s): use float32, "
-                "or `altclip doctor` to see what is fast here",
-                choice.speedup,
-                choice.kernel,
-            )
+        if choice.shortfall():
+            logger.warning("%s; `altclip doctor` shows what is fast here", choice.shortfall())
         _choices[key] = choice
         return choice
 

@@ -101,9 +101,10 @@ class DoctorReport(Result):
         """How int8 runs here and why, or None where int8 was not measured."""
         if self.int8_kernel is None:
             return None
-        line = f"int8 kernel: {KernelChoice.from_json(self.int8_kernel).reason()}"
-        if self.int8_kernel["speedup"] < 1:
-            line += "; int8 is slower than float32 on this CPU, and never recommended here"
+        choice = KernelChoice.from_json(self.int8_kernel)
+        line = f"int8 kernel: {choice.reason()}"
+        if choice.shortfall():
+            line += f"; {choice.shortfall()}" + (", and never recommended here" if choice.speedup < 1 else "")
         return line
 
     def machine_rows(self) -> list[tuple[str, str]]:

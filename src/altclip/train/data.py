@@ -7,7 +7,7 @@ counted when their batch is built (``altclip.train.phases``); nothing bad in the
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,17 +21,38 @@ from altclip.data.shards import ShardSample, TarMember, scan_shard, scanned_ahea
 from altclip.processing.image import CLIPImageProcessor, ImageLoadError
 from altclip.processing.tokenization import Tokenizer
 
+LENGTH_GROUP = 50  # global micro-batches sorted together by length when grouping (as transformers' Trainer does)
 
-def micro_batch_indices(size: int, batch: int, world: int, rank: int, seed: int, epoch: int) -> list[list[int]]:
+
+def micro_batch_indices(
+    size: int, batch: int, world: int, rank: int, seed: int, epoch: int, lengths: Sequence[int] | None = None
+) -> list[list[int]]:
     """This process's index lists for one epoch.
 
     Every epoch is one seeded permutation cut into global micro-batches of ``batch * world`` (a short
     last one is dropped); process ``rank`` takes the ``rank``-th slice of each. One process with batch
     ``b * w`` therefore sees exactly the samples that ``w`` processes with batch ``b`` see together.
+
+    ``lengths`` (each sample's tokens): group by length. Each run of ``LENGTH_GROUP`` global micro-batches of
+    the permutation is sorted by length before it is cut, and the micro-batches are then shuffled, so a batch
+    holds texts of about one length and pads little, while every sample is still seen once per epoch.
     """
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(size, generator=generator).tolist()
     span = batch * world
-    return [order[start + rank * batch : start + (rank + 1) * batch] for start in range(0, size - span + 1, span)]
+    order = order[: size - size % span]  # the short last micro-batch is dropped
+    if lengths is not None:
+        if len(lengths) != size:
+            raise ValueError(f"lengths: {len(lengths)} values for {size} samples")
+        group = LENGTH_GROUP * span
+        order = [
+            i
+            for start in range(0, len(order), group)
+            for i in sorted(order[start : start + group], key=lengths.__getitem__, reverse=True)
+        ]
+        spans = [order[start : start + span] for start in range(0, len(order), span)]
+        order = [i for k in torch.randperm(len(spans), generator=generator).tolist() for i in spans[k]]
+    return [order[start + rank * batch : start + (rank + 1) * batch] for start in range(0, len(order), span)]
 
 
 class ImagePairs(Dataset):

@@ -29,7 +29,7 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ class TrainConfig:
     clip_grad: float | None = 1.0
     precision: str = "float32"  # or bfloat16/float16 under autocast (fp32, bf16, fp16: the names before 0.2)
     gradient_checkpointing: bool = False
+    group_by_length: bool = False  # batches of texts of about one length: less padding (``micro_batch_indices``)
     seed: int = 0
     save_every: int = 0  # steps between checkpoints; 0: only the last one
     keep: int = 2  # newest checkpoints kept; 0: none once the final model is written
@@ -107,6 +108,7 @@ class Phase:
     collate: Callable[[list[Any]], dict[str, Any]]
     skipped: Counter = field(default_factory=Counter)
     stream: ShardStream | None = None  # data from tar shards: it orders the dataset's tasks
+    lengths: Callable[[], Sequence[int]] | None = None  # each sample's tokens, for ``group_by_length``
 
     def __post_init__(self) -> None:
         if self.stream is not None:
@@ -200,6 +202,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
         if phase.stream is not None and config.steps is None:
             raise InputError("training from tar shards needs --steps: an epoch's length is not known before reading")
+        self._lengths = self._sample_lengths()
         self.steps_per_epoch = len(self._epoch_batches(0)) // config.accumulate if phase.stream is None else 1
         if self.steps_per_epoch == 0:
             raise InputError(
@@ -219,10 +222,17 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------------
 
+    def _sample_lengths(self) -> Sequence[int] | None:
+        if not self.config.group_by_length:
+            return None
+        if self.phase.stream is not None or self.phase.lengths is None:
+            raise InputError("--group-by-length needs a data file (tar shards are streamed, their lengths unknown)")
+        return self.phase.lengths()
+
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         c = self.config
         batches = micro_batch_indices(
-            len(self.phase.dataset), c.batch_size, self.group.world, self.group.rank, c.seed, epoch
+            len(self.phase.dataset), c.batch_size, self.group.world, self.group.rank, c.seed, epoch, self._lengths
         )
         return batches[: len(batches) // c.accumulate * c.accumulate]
 

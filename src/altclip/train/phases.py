@@ -6,14 +6,17 @@ start under any multiprocessing start method (spawn on macOS, forkserver from Py
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from altclip.data.datafiles import ParallelLines, read_pairs
 from altclip.data.shards import expand_shards, is_shard_spec
 from altclip.modeling.models import AltCLIPModel, CLIPModel
 from altclip.processing.processor import AltCLIPProcessor
-from altclip.processing.tokenization import CLIPTokenizer
+from altclip.processing.tokenization import CLIPTokenizer, Tokenizer
 from altclip.runtime.loading import load_pretrained, text_token_limit
 from altclip.train.data import (
     SHUFFLE_BUFFER,
@@ -61,7 +64,8 @@ def distillation_phase(
         return Phase(objective, student_model, processor, ShardParallel(), collate, stream=stream)
     lines = ParallelLines(data)
     skipped = Counter({f"data: {k}": v for k, v in lines.skipped.items()})
-    return Phase(objective, student_model, processor, lines, collate, skipped)  # type: ignore[arg-type]
+    lengths = functools.partial(text_lengths, processor.tokenizer, lines, ("src", "tgt"))
+    return Phase(objective, student_model, processor, lines, collate, skipped, lengths=lengths)  # type: ignore[arg-type]
 
 
 def contrastive_phase(
@@ -97,4 +101,16 @@ def contrastive_phase(
         return Phase(objective, model, processor, ShardPairs(image_processor), collate, stream=stream)  # type: ignore[arg-type]
     table = read_pairs(data)
     skipped = Counter({f"data: {k}": v for k, v in table.skipped.items()})
-    return Phase(objective, model, processor, ImagePairs(table, image_processor), collate, skipped)  # type: ignore[arg-type]
+    lengths = functools.partial(text_lengths, processor.tokenizer, table.rows, ("caption",))
+    dataset = ImagePairs(table, image_processor)
+    return Phase(objective, model, processor, dataset, collate, skipped, lengths=lengths)  # type: ignore[arg-type]
+
+
+def text_lengths(tokenizer: Tokenizer, rows: Iterable[dict[str, str]], keys: tuple[str, ...]) -> list[int]:
+    """Each row's tokens, summed over its texts ``keys``: what ``--group-by-length`` sorts by."""
+    lengths: list[int] = []
+    rows = iter(rows)
+    while chunk := list(itertools.islice(rows, 4096)):
+        counts = [[len(ids) for ids in tokenizer([row[key] for row in chunk])["input_ids"]] for key in keys]
+        lengths += [sum(per_row) for per_row in zip(*counts, strict=True)]
+    return lengths
