@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with altclip installed (CPU PyTorch 2.13.0) with the demo and serve extras. `--test` installs
 # the test extra instead (pytest, transformers as the reference implementation, ruff, scikit-image, emoji,
-# the ONNX exporter and runtime, the server's stack, httpx and Playwright).
+# the ONNX exporter and runtime, the server's stack, httpx and Playwright; clip-retrieval without its dependencies).
 # System packages, where this machine lets us (root or password-less sudo, apt): the Noto Color Emoji font the
 # demo draws with; with --test also Chromium and the Noto CJK fonts, for the browser tests of the search page.
 set -euo pipefail
@@ -33,6 +33,9 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q "torch==2.13.0"
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
+  # clip-retrieval's ClipClient and built front end, which the server's tests speak to; without its
+  # dependencies, which pin NumPy < 2 and would take torch's place
+  .venv/bin/python -m pip install -q --no-deps "clip-retrieval==2.45.0"
 else
   .venv/bin/python -m pip install -q -e ".[demo,serve]"
 fi

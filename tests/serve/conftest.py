@@ -4,6 +4,7 @@ second, mixed folder, both embedded by the tiny AltCLIP; a running app on them."
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from playwright.sync_api import Browser, sync_playwright
 
 from altclip.embedder import Embedder
 from altclip.search.collection import embed_collection
@@ -24,6 +26,7 @@ from altclip.search.index import build_index
 from altclip.serve import Catalog, ServeConfig, create_app
 from tests.conftest import COLOURS, SHAPES, draw, make_image_folder
 
+CHROMIUM = os.environ.get("ALTCLIP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 COPIES = ("red-circle", "blue-square", "green-triangle")  # each photo has an exact copy in the folder
 
 
@@ -102,3 +105,23 @@ def running(app: FastAPI) -> Iterator[str]:
 def live_server(embedder, catalog) -> Iterator[str]:
     with running(create_app(embedder, catalog)) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        reason = "Chromium is not installed (apt-get install chromium; scripts/setup.sh --test does it)"
+        if os.environ.get("ALTCLIP_REQUIRE_BROWSER"):
+            pytest.fail(reason + ", and ALTCLIP_REQUIRE_BROWSER is set")
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    folder = Path(os.environ.get("ALTCLIP_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -406,10 +406,10 @@ def test_a_full_queue_answers_503_with_retry_after(embedder, catalog, monkeypatc
     worker = app.state.worker
     slow, highest = worker._embed, []
 
-    def slow_embed(texts):
+    def slow_embed(kind, items):
         highest.append(worker.waiting)
         time.sleep(0.2)
-        return slow(texts)
+        return slow(kind, items)
 
     monkeypatch.setattr(worker, "_embed", slow_embed)
     responses = asyncio.run(gather_searches(app, 20))

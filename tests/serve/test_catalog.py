@@ -25,8 +25,10 @@ def test_duplicate_names_and_missing_folders(photo_index, tmp_path):
         Catalog.from_specs([str(photo_index), f"photos={photo_index}"])
     with pytest.raises(FileNotFoundError, match="not an embedding folder"):
         Catalog.from_specs([str(tmp_path)])
-    with pytest.raises(ValueError, match="no embedding folder"):
-        Catalog({})
+    empty = Catalog({})  # a server for immich alone holds no index
+    assert empty.info() == []
+    with pytest.raises(LookupError, match="holds no index"):
+        empty.get(None)
 
 
 def test_ids_are_rows_of_the_index_and_nothing_else(catalog):

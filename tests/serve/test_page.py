@@ -6,36 +6,20 @@ Screenshots go to ``$ALTCLIP_SCREENSHOTS`` when set (CI keeps them), else to the
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from altclip.serve import ServeConfig, create_app
 from tests.serve.conftest import running
 
-CHROMIUM = os.environ.get("ALTCLIP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 ALL_THUMBNAILS_LOADED = (  # of the search just made: the grid is busy from the request until it is redrawn
     "() => { const images = [...document.querySelectorAll('#results img')];"
     " return !document.querySelector('#results').hasAttribute('aria-busy')"
     " && images.length > 0 && images.every((i) => i.src && i.complete && i.naturalWidth > 0); }"
 )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        reason = "Chromium is not installed (apt-get install chromium; scripts/setup.sh --test does it)"
-        if os.environ.get("ALTCLIP_REQUIRE_BROWSER"):
-            pytest.fail(reason + ", and ALTCLIP_REQUIRE_BROWSER is set")
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -46,13 +30,6 @@ def page(browser: Browser, live_server: str) -> Iterator[Page]:
     expect(page.locator("#status")).to_contain_text("images ready to search")
     yield page
     context.close()
-
-
-@pytest.fixture
-def screenshots(tmp_path) -> Path:
-    folder = Path(os.environ.get("ALTCLIP_SCREENSHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def names(page: Page) -> list[str]:

@@ -44,6 +44,11 @@ def test_other_addresses_need_a_token():
         ValueError, match=re.escape("--host 0.0.0.0 would let other machines reach the server; pass --token")
     ):
         check_bind("0.0.0.0", None)
+    untokened = ("immich's /predict",)
+    check_bind("127.0.0.1", None, untokened)  # loopback: immich on the same machine
+    check_bind("0.0.0.0", "s3cret", untokened, allow_untokened=True)  # the named choice
+    with pytest.raises(ValueError, match="reach immich's /predict without any token.*--compat-without-token"):
+        check_bind("0.0.0.0", "s3cret", untokened)
 
 
 def test_the_command_refuses_before_loading_anything(capsys, tmp_path, monkeypatch):
@@ -52,6 +57,10 @@ def test_the_command_refuses_before_loading_anything(capsys, tmp_path, monkeypat
     assert code == 1 and "pass --token" in capsys.readouterr().err
     code = main(["serve", str(tmp_path)])
     assert code == 1 and "not an embedding folder" in capsys.readouterr().err
+    code = main(["serve", "--immich", "--host", "0.0.0.0", "--token", "s3cret"])
+    assert code == 1 and "--compat-without-token" in capsys.readouterr().err
+    code = main(["serve"])
+    assert code == 1 and "only --immich runs without one" in capsys.readouterr().err
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
+import torch
 
 from altclip.serve.worker import Busy, ModelWorker
 
@@ -55,6 +56,31 @@ def test_batches_never_exceed_max_batch(embedder):
     vectors, batches = embed_together(embedder, [f"text {i}" for i in range(10)], max_batch=3)
     assert len(vectors) == 10
     assert max(batches) <= 3 and sum(batches) == 10
+
+
+def test_images_and_texts_arriving_together_are_batched_by_kind(embedder, monkeypatch):
+    """Images interleaved with texts: each kind goes through its tower in batches, every request gets its own
+    vector, equal to embedding it alone."""
+    rng = np.random.default_rng(0)
+    size = embedder.processor.image_processor.crop_size["height"]
+    images = [rng.standard_normal((3, size, size)).astype(np.float32) for _ in range(5)]
+    passes: list[tuple[str, int]] = []
+    embed_pixels, embed_texts = embedder.embed_pixels, embedder.embed_texts
+    monkeypatch.setattr(embedder, "embed_pixels", lambda x: passes.append(("image", len(x))) or embed_pixels(x))
+    monkeypatch.setattr(embedder, "embed_texts", lambda t: passes.append(("text", len(t))) or embed_texts(t))
+
+    async def main():
+        async with started(ModelWorker(embedder, max_batch=32, window=0.05)) as worker:
+            jobs = [worker.embed_image(image) for image in images] + [worker.embed_text(t) for t in TEXTS[:4]]
+            order = [0, 5, 1, 6, 2, 7, 3, 8, 4]  # interleaved
+            results = await asyncio.gather(*(jobs[i] for i in order))
+            return {i: r for i, r in zip(order, results, strict=True)}
+
+    got = run(main())
+    alone = [embed_pixels(torch.from_numpy(image[None])).float().numpy()[0] for image in images]
+    alone += [embed_texts([t]).float().numpy()[0] for t in TEXTS[:4]]
+    np.testing.assert_allclose(np.stack([got[i] for i in range(9)]), np.stack(alone), atol=1e-5)
+    assert sorted(passes) == [("image", 5), ("text", 4)]  # one pass per kind
 
 
 def test_a_full_queue_refuses_and_never_grows(embedder):

@@ -12,6 +12,10 @@
     GET  /api/image/{index}/{id}            the original file
     GET  /api/explain/{index}/{id}?text=    PNG: the thumbnail under the relevance map of the text ("why?")
 
+With ``ServeConfig.immich``: immich's ``GET /ping`` and ``POST /predict`` (``serve.immich``); with
+``clip_retrieval``: ``GET /indices-list``, ``POST /knn-service`` and ``POST /metadata`` (``serve.clip_retrieval``).
+Neither takes a token (their clients send none); ``altclip serve`` keeps them on loopback unless told otherwise.
+
 Errors are ``{"error": "..."}`` with a fitting status: 400 bad input, 401 no token, 404 unknown index or
 image, 413 body over the upload limit, 415 neither JSON nor multipart, 503 queue full (with Retry-After).
 """
@@ -34,7 +38,10 @@ from starlette.exceptions import HTTPException
 from altclip.embedder import Embedder
 from altclip.errors import AltCLIPError, InputError, NotFoundError
 from altclip.serve.catalog import Catalog
-from altclip.serve.middleware import LimitBody, Metrics, RecordMetrics, RequireToken, error
+from altclip.serve.clip_retrieval import PATHS as CLIP_RETRIEVAL_PATHS
+from altclip.serve.clip_retrieval import ClipRetrievalApi
+from altclip.serve.immich import ImmichApi, ImmichSettings
+from altclip.serve.middleware import AllowAnyOrigin, LimitBody, Metrics, RecordMetrics, RequireToken, error
 from altclip.serve.routes import STATIC, Api, Limits
 from altclip.serve.schemas import describe
 from altclip.serve.worker import Busy, ModelWorker
@@ -53,6 +60,9 @@ class ServeConfig:
     max_k: int = 1000
     max_texts: int = 256  # per /api/embed request
     max_images: int = 16  # per /api/embed request
+    immich: ImmichSettings | None = None  # immich's /ping and /predict, with these settings
+    clip_retrieval: bool = False  # clip-retrieval's /indices-list, /knn-service and /metadata
+    allow_image_urls: bool = False  # clip-retrieval's image_url: the server fetches a URL it is given
 
 
 def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None = None) -> FastAPI:
@@ -82,6 +92,13 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
     security = [Security(HTTPBearer(auto_error=False))] if config.token else []
     api = Api(embedder, catalog, worker, metrics, Limits(config.max_k, config.max_texts, config.max_images))
     api.register(app, security)
+    width = embedder.model.config.projection_dim  # type: ignore[attr-defined]
+    image_processor = embedder.processor.image_processor
+    if config.immich is not None:
+        ImmichApi(worker, image_processor, width, config.immich).register(app)
+    if config.clip_retrieval:
+        urls = config.allow_image_urls
+        ClipRetrievalApi(catalog, worker, image_processor, config.max_k, config.max_upload_bytes, urls).register(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # outermost first: every request is counted, 401 and 413 included
@@ -89,6 +106,8 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
     if config.token:
         app.add_middleware(RequireToken, token=config.token)
     app.add_middleware(RecordMetrics, metrics=metrics, routes=app.router.routes)
+    if config.clip_retrieval:  # outermost: its errors (413 included) carry the CORS header too
+        app.add_middleware(AllowAnyOrigin, paths=CLIP_RETRIEVAL_PATHS)
     return app
 
 

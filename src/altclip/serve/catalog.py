@@ -68,8 +68,6 @@ class Catalog:
     """Named ``SearchIndex``es (the first is the default) and a bounded cache of JPEG thumbnails."""
 
     def __init__(self, folders: dict[str, str | Path], thumbnail_cache_bytes: int = 64 * 2**20) -> None:
-        if not folders:
-            raise InputError("no embedding folder to serve")
         self.indexes = {name: ServedIndex(name, SearchIndex(folder)) for name, folder in folders.items()}
         self.thumbnail_cache_bytes = thumbnail_cache_bytes
         self._thumbnails: OrderedDict[tuple[str, int], bytes] = OrderedDict()
@@ -92,6 +90,8 @@ class Catalog:
 
     def get(self, name: str | None) -> ServedIndex:
         """The index called ``name``; the first one when ``name`` is None."""
+        if not self.indexes:
+            raise NotFound("this server holds no index (it was started without an embedding folder)")
         if name is None:
             return next(iter(self.indexes.values()))
         if name not in self.indexes:

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -100,6 +101,32 @@ class RequireToken:
                 await reply(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class AllowAnyOrigin:
+    """CORS for ``paths`` alone (clip-retrieval's, which take no credentials): any origin may call them, and a
+    preflight is answered here; the page and /api/* stay same-origin."""
+
+    def __init__(self, app: ASGIApp, paths: tuple[str, ...]) -> None:
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            asked = dict(scope["headers"]).get(b"access-control-request-headers", b"content-type").decode("latin-1")
+            allow = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS", "Access-Control-Allow-Headers": asked}
+            reply = Response(status_code=204, headers={**allow, "Access-Control-Allow-Origin": "*"})
+            await reply(scope, receive, send)
+            return
+
+        async def with_origin(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("Access-Control-Allow-Origin", "*")
+            await send(message)
+
+        await self.app(scope, receive, with_origin)
 
 
 class LimitBody:

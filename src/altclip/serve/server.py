@@ -20,12 +20,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, token: str | None) -> None:
-    """Anything but loopback needs a token: the API reads uploads and lists the collection's paths."""
+def check_bind(host: str, token: str | None, untokened: tuple[str, ...] = (), allow_untokened: bool = False) -> None:
+    """Anything but loopback needs a token: the API reads uploads and lists the collection's paths. Endpoints
+    whose clients send no token (``untokened``: immich's, clip-retrieval's) go beyond loopback only when
+    ``allow_untokened`` says so, a choice the command line names (``--compat-without-token``)."""
     if not is_loopback(host) and not token:
         raise InputError(
             f"--host {host} would let other machines reach the server; pass --token (every /api/* request must "
             f"then send Authorization: Bearer TOKEN), or keep the default --host 127.0.0.1"
+        )
+    if untokened and not is_loopback(host) and not allow_untokened:
+        raise InputError(
+            f"--host {host} would let other machines reach {' and '.join(untokened)} without any token (their "
+            "clients send none): pass --compat-without-token to allow that, on a network you trust, or keep "
+            "--host 127.0.0.1"
         )
 
 

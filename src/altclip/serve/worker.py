@@ -7,7 +7,9 @@ job in one queue and await its result:
 - a text query takes every text query waiting behind it, up to ``max_batch``, into one forward pass of the
   text tower (duplicates embedded once); when none is waiting it first gives them a short window
   (``window`` seconds) to arrive;
-- any other model call (an uploaded image, a zero-shot classification) runs on its own, in arrival order.
+- a single image (``embed_image``: immich's uploads, image queries) is batched the same way with the images
+  waiting behind it, through the image tower;
+- any other model call (a zero-shot classification, a batch of uploads) runs on its own, in arrival order.
 
 Jobs accepted but not finished are at most ``max_queue``; one more raises ``Busy``, which the server
 answers with 503 and ``Retry-After``, so the queue never grows without bound.
@@ -16,6 +18,7 @@ answers with 503 and ``Retry-After``, so the queue never grows without bound.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import torch
 
 from altclip.embedder import Embedder
 from altclip.errors import InputError
@@ -33,8 +37,11 @@ class Busy(Exception):
 
 
 @dataclass
-class TextJob:
-    text: str
+class BatchJob:
+    """One input of a batched kind: ``"text"`` (a string) or ``"image"`` (preprocessed (3, H, W) pixels)."""
+
+    kind: str
+    item: Any
     future: asyncio.Future = field(repr=False)
 
 
@@ -55,7 +62,8 @@ class ModelWorker:
         self.embedder, self.max_batch, self.window, self.max_queue = embedder, max_batch, window, max_queue
         self.waiting = 0  # jobs accepted and not finished: the queue length that /metrics reports
         self.on_batch: Callable[[int], None] = lambda size: None  # told each text batch's size
-        self._queue: asyncio.Queue[TextJob | CallJob] | None = None
+        self._queue: asyncio.Queue[BatchJob | CallJob] | None = None
+        self._held: deque[BatchJob | CallJob] = deque()  # taken from the queue for a batch of another kind
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -73,13 +81,17 @@ class ModelWorker:
 
     async def embed_text(self, text: str) -> np.ndarray:
         """(dim,) float32 unit vector of one text, computed in a batch with whatever else is waiting."""
-        return await self._submit(TextJob(text, asyncio.get_running_loop().create_future()))
+        return await self._submit(BatchJob("text", text, asyncio.get_running_loop().create_future()))
+
+    async def embed_image(self, pixels: np.ndarray) -> np.ndarray:
+        """(dim,) float32 unit vector of one preprocessed (3, H, W) image, in a batch with the images waiting."""
+        return await self._submit(BatchJob("image", pixels, asyncio.get_running_loop().create_future()))
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` (a model call) on the model thread, in turn."""
         return await self._submit(CallJob(fn, asyncio.get_running_loop().create_future()))
 
-    async def _submit(self, job: TextJob | CallJob) -> Any:
+    async def _submit(self, job: BatchJob | CallJob) -> Any:
         if self._queue is None:
             raise RuntimeError("the model worker is not started")
         if self.waiting >= self.max_queue:
@@ -94,38 +106,42 @@ class ModelWorker:
     async def _serve(self) -> None:
         assert self._queue is not None
         while True:
-            job = await self._queue.get()
+            job = self._held.popleft() if self._held else await self._queue.get()
             if job.future.done():  # its client went away while it waited
                 continue
             if isinstance(job, CallJob):
                 await self._run(partial(_one, job.fn), [job.future])
                 continue
-            texts, calls = [job], []
-            await self._collect(texts, calls)
-            batch = [t.text for t in texts]
-            await self._run(partial(self._embed, batch), [t.future for t in texts])
-            for call in calls:
-                await self._run(partial(_one, call.fn), [call.future])
+            batch = [job]
+            await self._collect(batch)
+            await self._run(partial(self._embed, job.kind, [j.item for j in batch]), [j.future for j in batch])
 
-    async def _collect(self, texts: list[TextJob], calls: list[CallJob]) -> None:
-        """Take more waiting jobs: texts join the batch, calls run after it. When nothing else is waiting yet,
-        first give other queries ``window`` seconds to arrive; under load the queue fills by itself while the
-        previous batch runs."""
+    async def _collect(self, batch: list[BatchJob]) -> None:
+        """Take more waiting jobs of the batch's kind; the others are held, in order, for after it. When nothing
+        else is waiting yet, first give other queries ``window`` seconds to arrive; under load the queue fills
+        by itself while the previous batch runs."""
         assert self._queue is not None
-        if self._queue.empty() and self.window > 0:
+        if self._queue.empty() and not self._held and self.window > 0:
             await asyncio.sleep(self.window)
-        while len(texts) < self.max_batch and not self._queue.empty():
-            job = self._queue.get_nowait()
+        held, self._held = self._held, deque()
+        while len(batch) < self.max_batch and (held or not self._queue.empty()):
+            job = held.popleft() if held else self._queue.get_nowait()
             if job.future.done():
                 continue
-            (texts if isinstance(job, TextJob) else calls).append(job)  # type: ignore[arg-type]
+            if isinstance(job, BatchJob) and job.kind == batch[0].kind:
+                batch.append(job)
+            else:
+                self._held.append(job)
+        self._held.extend(held)
 
-    def _embed(self, texts: list[str]) -> list[np.ndarray]:
-        unique = list(dict.fromkeys(texts))
+    def _embed(self, kind: str, items: list[Any]) -> list[np.ndarray]:
+        if kind == "image":
+            return list(self.embedder.embed_pixels(torch.from_numpy(np.stack(items))).float().cpu().numpy())
+        unique = list(dict.fromkeys(items))
         vectors = self.embedder.embed_texts(unique).float().cpu().numpy()  # (unique texts, dim)
-        self.on_batch(len(texts))
+        self.on_batch(len(items))
         row = {text: i for i, text in enumerate(unique)}
-        return [vectors[row[text]] for text in texts]
+        return [vectors[row[text]] for text in items]
 
     async def _run(self, fn: Callable[[], list[Any]], futures: list[asyncio.Future]) -> None:
         """Run ``fn`` on the model thread; its i-th result (or its error) goes to ``futures[i]``."""
