@@ -47,7 +47,7 @@ def test_other_addresses_need_a_token():
     untokened = ("immich's /predict",)
     check_bind("127.0.0.1", None, untokened)  # loopback: immich on the same machine
     check_bind("0.0.0.0", "s3cret", untokened, allow_untokened=True)  # the named choice
-    with pytest.raises(ValueError, match="reach immich's /predict without any token.*--compat-without-token"):
+    with pytest.raises(ValueError, match=r"reach immich's /predict without any token.*--compat-without-token"):
         check_bind("0.0.0.0", "s3cret", untokened)
 
 
