@@ -143,7 +143,7 @@ def test_a_model_of_another_width_is_refused(immich, embedder):
     api = ImmichApi(None, None, 768, ImmichSettings())  # type: ignore[arg-type]
     for name in ("XLM-Roberta-Large-Vit-L-14", "immich-app/XLM-Roberta-Large-Vit-L-14", "ViT-L-14::openai"):
         api.check_model(name)  # immich names of width 768, however immich spells them
-    for name, why in [("ViT-B-32__openai", "512-dimensional"), ("BAAI/AltCLIP", "gives no width")]:
+    for name, why in [("ViT-B-32__openai", "512-dimensional"), ("BAAI/AltCLIP", "knows no width")]:
         with pytest.raises(Exception, match=why) as refused:
             api.check_model(name)
         assert refused.value.status_code == 422 and "XLM-Roberta-Large-Vit-L-14" in refused.value.detail

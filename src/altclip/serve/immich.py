@@ -187,9 +187,9 @@ class ImmichApi:
             return
         choose = RECOMMENDED.get(self.width)
         hint = f"; choose {choose!r} in immich's smart-search settings" if choose else ""
-        what = f"{width}-dimensional vectors in immich" if width else "a model immich gives no width here"
+        what = f"has {width}-dimensional vectors in immich" if width else "is a name immich knows no width for"
         raise HTTPException(
-            422, f"modelName {name!r} is {what}, but this server's model gives {self.width}-dimensional ones{hint}"
+            422, f"modelName {name!r} {what}, but this server's model gives {self.width}-dimensional ones{hint}"
         )
 
     async def forward(self, body: bytes, content_type: str, tasks: list[str]) -> Response:
