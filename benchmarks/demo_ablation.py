@@ -33,12 +33,13 @@ from altclip.tables import format_table
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {"distill_epochs": 1, "distill_lr": 1e-3, "contrastive_epochs": 1},  # the demo before issue 15
     "default": {},  # the demo as it is
-    "ungrouped": {"group_by_length": False},  # the demo before issue 25
+    "ungrouped": {"distill_group_by_length": False},  # the demo before issue 25
+    "grouped-both": {"contrastive_group_by_length": True},
     "teacher6": {"teacher_epochs": 6},
+    "teacher6-grouped-both": {"teacher_epochs": 6, "contrastive_group_by_length": True},
     "teacher6-distill2": {"teacher_epochs": 6, "distill_epochs": 2},
     "teacher6-distill2-dlr4e-3": {"teacher_epochs": 6, "distill_epochs": 2, "distill_lr": 4e-3},
     "teacher6-nodropout": {"teacher_epochs": 6, "student_dropout": 0.0},
-    "teacher6-distill2-nodropout": {"teacher_epochs": 6, "distill_epochs": 2, "student_dropout": 0.0},
     "distill3": {"distill_epochs": 3},
     "distill3-coverage1": {"distill_epochs": 3, "character_coverage": 1.0},
     "distill3-contrastive2": {"distill_epochs": 3, "contrastive_epochs": 2},
@@ -60,8 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 STAGES = {
     "teacher": ("image_size", "patch_size", "width", "layers", "heads", "teacher_epochs", "teacher_lr", "batch_size"),
     "student-init": ("vocab_size", "character_coverage", "student_width", "student_layers", "student_dropout"),
-    "distill": ("distill_epochs", "distill_lr", "group_by_length"),
-    "contrastive": ("contrastive_epochs", "contrastive_lr", "contrastive_logit_scale"),
+    "distill": ("distill_epochs", "distill_lr", "distill_group_by_length"),
+    "contrastive": ("contrastive_epochs", "contrastive_lr", "contrastive_logit_scale", "contrastive_group_by_length"),
 }
 
 

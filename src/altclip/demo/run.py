@@ -73,7 +73,8 @@ class DemoConfig:
     contrastive_lr: float = 2e-4
     contrastive_logit_scale: float | None = None  # phase 2 starts from this scale (None: the teacher's, copied)
     student_dropout: float = 0.05  # the student tower's hidden dropout
-    group_by_length: bool = True  # both phases batch names of about one length (``TrainConfig.group_by_length``)
+    distill_group_by_length: bool = True  # phase 1 batches names of about one length (``TrainConfig``'s option)
+    contrastive_group_by_length: bool = False  # phase 2 too (its negatives then come from one length)
     batch_size: int = 128
     seed: int = 0
     holdout: str = "test"  # "validation": tune on a split of the training emoji, the test emoji left out
@@ -248,7 +249,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             config.distill_epochs,
             lr=config.distill_lr,
             warmup=50,
-            group_by_length=config.group_by_length,
+            group_by_length=config.distill_group_by_length,
         )
     altclip_model = config.out / "contrastive" / "model"
     if not _stage_done(altclip_model):
@@ -263,7 +264,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             config.contrastive_epochs,
             lr=config.contrastive_lr,
             warmup=20,
-            group_by_length=config.group_by_length,
+            group_by_length=config.contrastive_group_by_length,
         )
     say(config, "[5/5] evaluation: retrieval among the held-out emoji; zero-shot flags by CLDR country names")
     rows, flags, pointing, pointing_paths = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})
