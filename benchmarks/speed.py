@@ -8,7 +8,8 @@ it ran on and what --precision auto chose there.
     .venv/bin/python benchmarks/speed.py --json out.json
 
 It measures everything twice by default, each time in fresh processes: once at this CPU's own instruction level
-and once held to AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2), as an
+and once held to AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2,
+FBGEMM_ENABLE_INSTRUCTIONS=AVX2: fbgemm picks its instructions itself), as an
 AVX2-only CPU runs it, and prints a table for each (``--isa`` picks one). Each table says which kernel int8
 chose there and why.
 

@@ -1,5 +1,5 @@
 """Every fast mode on both CPU kinds, as correctness tests (no timing is asserted): each script runs once at this
-machine's own instruction level and once held to AVX2 (torch, oneDNN and MKL limited), as an AVX2-only CPU runs
+machine's own instruction level and once held to AVX2 (torch, oneDNN, MKL and fbgemm limited), as an AVX2-only CPU runs
 it. int8 gives the right embeddings with the kernel its own measurements name, auto picks what the CPU computes,
 and doctor recommends nothing slower than float32."""
 
