@@ -50,3 +50,7 @@ def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
     # a second run reuses every finished stage
     again = run_demo(config)
     assert again.seconds < result.seconds and again.rows[0].scores.t2i == rows[0].scores.t2i
+    stages = ["data", "teacher", "student init", "distillation", "contrastive", "evaluation"]
+    assert list(result.stages) == list(again.stages) == stages
+    assert sum(result.stages.values()) <= result.seconds and again.stages["teacher"] < result.stages["teacher"]
+    assert result.gemm_gflops > 0 and "GFLOP/s" in result.describe()

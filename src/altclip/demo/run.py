@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from altclip.processing.tokenization import (
     clip_backend,
     train_sentencepiece,
 )
+from altclip.runtime.hardware import float32_gemm_rate
 from altclip.tables import Result
 from altclip.train.loop import TrainConfig, Trainer
 from altclip.train.phases import contrastive_phase, distillation_phase
@@ -221,6 +222,7 @@ def evaluate(
 
 def run_demo(config: DemoConfig) -> DemoResult:
     started = time.perf_counter()
+    clock = Stopwatch()
     config.out.mkdir(parents=True, exist_ok=True)
     data_folder = config.data or config.out / "data"
     say(config, f"[1/5] data: Noto Color Emoji + CLDR names in {len(LANGUAGES)} languages -> {data_folder}")
@@ -234,10 +236,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
         holdout=config.holdout,
     )
     say(config, f"      {len(data.train)} training emoji, {len(data.test)} held-out emoji")
+    clock.lap("data")
     say(config, "[2/5] teacher: a small CLIP trained on the English names")
     teacher = make_teacher(config, data)
+    clock.lap("teacher")
     say(config, "[3/5] student: altclip init (teacher's image tower + an XLM-R-style text tower)")
     student = make_student(config, data, teacher)
+    clock.lap("student init")
     say(config, "[4/5] phase 1: distillation on the parallel names; phase 2: contrastive on multilingual pairs")
     distilled = config.out / "distill" / "model"
     if not _stage_done(distilled):
@@ -251,6 +256,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             warmup=50,
             group_by_length=config.distill_group_by_length,
         )
+    clock.lap("distillation")
     altclip_model = config.out / "contrastive" / "model"
     if not _stage_done(altclip_model):
         phase = contrastive_phase(distilled, data.folder / "pairs.jsonl", cache_images=True)
@@ -266,15 +272,39 @@ def run_demo(config: DemoConfig) -> DemoResult:
             warmup=20,
             group_by_length=config.contrastive_group_by_length,
         )
+    clock.lap("contrastive")
     say(config, "[5/5] evaluation: retrieval among the held-out emoji; zero-shot flags by CLDR country names")
     rows, flags, pointing, pointing_paths = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})
     paths = write_report(rows, config.out / "report", title="held-out emoji: CLIP teacher vs AltCLIP student")
     if flags:
         paths.update({f"zeroshot_{k}": v for k, v in write_flags_report(flags, config.out / "report").items()})
     paths.update({f"pointing_{k}": v for k, v in pointing_paths.items()})
+    clock.lap("evaluation")
     return DemoResult(
-        rows, flags, pointing, paths, altclip_model, teacher, distilled, data, time.perf_counter() - started
+        rows,
+        flags,
+        pointing,
+        paths,
+        altclip_model,
+        teacher,
+        distilled,
+        data,
+        time.perf_counter() - started,
+        clock.laps,
+        float32_gemm_rate(),
     )
+
+
+@dataclass
+class Stopwatch:
+    """Seconds per stage, each from the end of the one before."""
+
+    laps: dict[str, float] = field(default_factory=dict)
+    last: float = field(default_factory=time.perf_counter)
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage], self.last = now - self.last, now
 
 
 @dataclass
@@ -290,6 +320,8 @@ class DemoResult(Result):
     distilled: Path
     data: EmojiSet
     seconds: float
+    stages: dict[str, float]  # stage -> seconds (a stage reused from an earlier run takes about none)
+    gemm_gflops: float  # this machine's float32 rate, measured at the end: what the README's times are scaled by
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -298,6 +330,8 @@ class DemoResult(Result):
             "pointing": [r.to_json() for r in self.pointing],
             "model": str(self.model),
             "seconds": self.seconds,
+            "stages": self.stages,
+            "float32_gemm_gflops": round(self.gemm_gflops, 1),
         }
 
     def describe(self) -> str:
@@ -319,8 +353,11 @@ class DemoResult(Result):
             ]
         lines += ["", f"report: {self.report['text']}, {self.report['json']}, {self.report['chart']}"]
         model, work, example = self.model, self.model.parent.parent, self.data.image(self.data.test[0])
+        stages = ", ".join(f"{stage} {seconds / 60:.1f}" for stage, seconds in self.stages.items())
         lines += [
-            f"the trained AltCLIP: {model}  ({self.seconds / 60:.1f} minutes in all)",
+            f"the trained AltCLIP: {model}  ({self.seconds / 60:.1f} minutes in all: {stages})",
+            f"this machine's float32 rate: {self.gemm_gflops:.0f} GFLOP/s (2048x2048 products, "
+            f"{torch.get_num_threads()} threads); the README gives the demo's time per machine by this rate",
             f"try:  altclip classify {example} --model {model} --labels 猫 狗 太阳 爱心 --lang zh",
             f"      altclip embed {self.data.folder / 'images'} --out {work / 'emoji-index'} --model {model}",
             f'      altclip search {work / "emoji-index"} --text "笑脸" --model {model}',

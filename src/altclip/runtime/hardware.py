@@ -19,6 +19,7 @@ every precision computes the same model. ``altclip doctor`` measures whether the
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,3 +165,16 @@ def resolve_precision(
     if backend == "onnx":
         return Precision("float32", "the onnx backend runs the exported graphs as they are")
     return choose_precision(device)
+
+
+def float32_gemm_rate(size: int = 2048, runs: int = 5) -> float:
+    """GFLOP/s of float32 ``size`` x ``size`` products with torch's threads, the best of ``runs`` after a warm-up:
+    the figure the README's tables of the demo's time per machine are given with (about a second)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
