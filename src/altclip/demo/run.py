@@ -74,8 +74,10 @@ class DemoConfig:
     contrastive_lr: float = 2e-4
     contrastive_logit_scale: float | None = None  # phase 2 starts from this scale (None: the teacher's, copied)
     student_dropout: float = 0.05  # the student tower's hidden dropout
-    distill_group_by_length: bool = True  # phase 1 batches names of about one length (``TrainConfig``'s option)
-    contrastive_group_by_length: bool = False  # phase 2 too (its negatives then come from one length)
+    # batches of names of about one length (``TrainConfig.group_by_length``): phase 1 runs 2.2x faster so, but on
+    # the validation split (seed 0) the worst language fell from 95.2% to 93.0% of the teacher's English
+    distill_group_by_length: bool = False
+    contrastive_group_by_length: bool = False
     batch_size: int = 128
     seed: int = 0
     holdout: str = "test"  # "validation": tune on a split of the training emoji, the test emoji left out
