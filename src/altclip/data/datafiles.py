@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -148,19 +148,19 @@ class ParallelLines:
 
     def __getitem__(self, index: int) -> dict[str, str]:
         with self.path.open("rb") as handle:
-            handle.seek(int(self.offsets[index]))
-            row, _ = self._parse(handle.readline())
-        assert row is not None, f"{self.path}: line at byte {self.offsets[index]} changed since it was indexed"
-        return row
+            return self._row_at(handle, self.offsets[index])
 
     def __iter__(self) -> Iterator[dict[str, str]]:
         """Every usable row in order, in one sequential read."""
         with self.path.open("rb") as handle:
             for offset in self.offsets:
-                handle.seek(int(offset))
-                row, _ = self._parse(handle.readline())
-                assert row is not None, f"{self.path}: line at byte {offset} changed since it was indexed"
-                yield row
+                yield self._row_at(handle, offset)
+
+    def _row_at(self, handle: BinaryIO, offset: int) -> dict[str, str]:
+        handle.seek(int(offset))
+        row, _ = self._parse(handle.readline())
+        assert row is not None, f"{self.path}: line at byte {offset} changed since it was indexed"
+        return row
 
     def _parse(self, line: bytes) -> tuple[dict[str, str] | None, str]:
         """A usable row, or None and why not (the reasons ``read_table`` counts)."""

@@ -97,22 +97,22 @@ def _stage_done(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
-def _train(
-    config: DemoConfig, phase: Any, out: Path, epochs: int, lr: float, warmup: int, group_by_length: bool = False
-) -> Path:
-    """Run a phase to completion, resuming an interrupted run of the same stage."""
+def _train(config: DemoConfig, stage: str, phase: Any, warmup: int) -> Path:
+    """Run a stage ("teacher", "distill", "contrastive") to completion in ``out/STAGE``, resuming an interrupted
+    run of it, with the config's fields of that stage (``STAGE_epochs``, ``STAGE_lr``, ``STAGE_group_by_length``)."""
+    out = config.out / stage
     train_config = TrainConfig(
         out,
-        epochs=epochs,
+        epochs=getattr(config, f"{stage}_epochs"),
         batch_size=config.batch_size,
-        lr=lr,
+        lr=getattr(config, f"{stage}_lr"),
         warmup=warmup,
         weight_decay=0.1,
         min_lr_ratio=0.05,
         seed=config.seed,
         save_every=200,
         resume=True,
-        group_by_length=group_by_length,
+        group_by_length=getattr(config, f"{stage}_group_by_length", False),
         workers=config.workers,
         device=config.device,
         progress=config.progress,
@@ -168,7 +168,7 @@ def make_teacher(config: DemoConfig, data: EmojiSet) -> Path:
     CLIPProcessor(image_processor, tokenizer).save_pretrained(init)
     phase = contrastive_phase(init, data.folder / "teacher_pairs.jsonl", freeze_vision=False)
     say(config, f"teacher: CLIP, {phase.model.num_parameters():,} parameters, {len(data.train)} English pairs")
-    return _train(config, phase, run, config.teacher_epochs, lr=config.teacher_lr, warmup=50)
+    return _train(config, "teacher", phase, warmup=50)
 
 
 def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
@@ -249,15 +249,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     distilled = config.out / "distill" / "model"
     if not _stage_done(distilled):
         phase = distillation_phase(teacher, student, data.folder / "parallel.tsv", cache_targets=True)
-        distilled = _train(
-            config,
-            phase,
-            config.out / "distill",
-            config.distill_epochs,
-            lr=config.distill_lr,
-            warmup=50,
-            group_by_length=config.distill_group_by_length,
-        )
+        distilled = _train(config, "distill", phase, warmup=50)
     clock.lap("distillation")
     altclip_model = config.out / "contrastive" / "model"
     if not _stage_done(altclip_model):
@@ -265,15 +257,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         if config.contrastive_logit_scale:
             with torch.no_grad():
                 phase.model.logit_scale.fill_(math.log(config.contrastive_logit_scale))
-        altclip_model = _train(
-            config,
-            phase,
-            config.out / "contrastive",
-            config.contrastive_epochs,
-            lr=config.contrastive_lr,
-            warmup=20,
-            group_by_length=config.contrastive_group_by_length,
-        )
+        altclip_model = _train(config, "contrastive", phase, warmup=20)
     clock.lap("contrastive")
     say(config, "[5/5] evaluation: retrieval among the held-out emoji; zero-shot flags by CLDR country names")
     rows, flags, pointing, pointing_paths = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})

@@ -14,9 +14,9 @@ sums pairs of (int8 + 128) x int8 products into saturating int16, which 7-bit we
 (``int_mm7``), or it runs a slow reference path. fbgemm quantizes activations per batch in 7 bits, which outlier
 channels ruin (``fbgemm``); ``fbgemm_split`` scales each token to the same range first and multiplies the outlier
 channels in float32, as LLM.int8() does. The choice, with its timings, is kept in the user cache and shown by
-``altclip doctor``; where even the fastest is slower than float32, loading warns. The int8 product is never handed
-to ``torch.compile``: Inductor's version of it (torch 2.13) was seen to corrupt the heap at one row on AVX-512 and
-to give wrong values, even NaN, at AVX2.
+``altclip doctor``; where even the fastest is below ``TARGET_SPEEDUP`` over float32, loading warns with the
+figure. The int8 product is never handed to ``torch.compile``: Inductor's version of it (torch 2.13) was seen to
+corrupt the heap at one row on AVX-512 and to give wrong values, even NaN, at AVX2.
 """
 
 from __future__ import annotations
@@ -111,6 +111,11 @@ def fbgemm_split(x: Tensor, layer: Int8Linear) -> Tensor:
     return y if layer.bias is None else y.add_(layer.bias)
 
 
+def integer_weight(name: str, layer: Int8Linear) -> tuple[Tensor, Tensor]:
+    """The int8 weight and (1, out) scale that our scheme's kernel ``name`` multiplies by: 7 bits for int_mm7."""
+    return weight_int7(layer) if name == "int_mm7" else (layer.weight, layer.weight_scale[None])
+
+
 @torch.compiler.disable  # Inductor's int8 product corrupted the heap at one row (torch 2.13): never compiled
 def run_kernel(name: str, x: Tensor, layer: Int8Linear) -> Tensor:
     """(tokens, in) float32 through ``layer`` with the kernel ``name`` -> (tokens, out) float32.
@@ -119,12 +124,8 @@ def run_kernel(name: str, x: Tensor, layer: Int8Linear) -> Tensor:
     (``weight_int7``); float: the same integers multiplied in float32 (exact wherever the others are not);
     fbgemm: torch's dynamic int8 linear (what ``quantize_dynamic`` ran), which quantizes activations per batch in
     7 bits; fbgemm_split: the same with per-token scaling and outlier channels in float32 (``fbgemm_split``)."""
-    if name == "int_mm":
-        return int8_linear(x, layer.weight, layer.weight_scale[None], layer.bias)
-    if name == "int_mm7":
-        return int8_linear(x, *weight_int7(layer), layer.bias)
-    if name == "float":
-        return int8_linear(x, layer.weight, layer.weight_scale[None], layer.bias, int_mm=False)
+    if name in ("int_mm", "int_mm7", "float"):
+        return int8_linear(x, *integer_weight(name, layer), layer.bias, int_mm=name != "float")
     if name == "fbgemm":
         return torch.ops.quantized.linear_dynamic(x, fbgemm_packed(layer), True)
     if name == "fbgemm_split":
@@ -277,7 +278,7 @@ def check(name: str, cases: list[tuple[Tensor, Int8Linear, int]], dense: list[Te
                 if not cosine >= MIN_PROBE_COSINE:
                     return f"cosine {cosine:.4f} to float32 on activations with outlier channels"
                 continue
-            weight, weight_scale = weight_int7(layer) if name == "int_mm7" else (layer.weight, layer.weight_scale)
+            weight, weight_scale = integer_weight(name, layer)
             x_int8, x_scale = quantize_rows(v)
             exact = (x_int8.double() @ weight.double().t()) * (x_scale.double() * weight_scale.double())
             exact = exact if layer.bias is None else exact + layer.bias.double()
@@ -301,7 +302,7 @@ _choices_lock = threading.Lock()
 def choose_kernel(shapes: dict[tuple[int, int], int]) -> KernelChoice:
     """The int8 kernel for a model whose Linears have these (in, out) shapes (-> how many): measured on first use
     on a machine (``measure``, a few seconds), then read from the user cache (``cache_path``), keyed by the
-    machine, the versions and the shapes. It warns where even the fastest is slower than float32."""
+    machine, the versions and the shapes. It warns where even the fastest falls short (``KernelChoice.shortfall``)."""
     key = json.dumps({"version": CHOICE_VERSION, "machine": machine(), "shapes": sorted(shapes.items())})
     with _choices_lock:
         if key in _choices:

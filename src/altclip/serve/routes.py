@@ -114,7 +114,7 @@ class Api:
         if not 1 <= query.k <= self.limits.max_k:
             raise InputError(f"k must be between 1 and {self.limits.max_k}, got {query.k}")
         if image is not None:
-            vector = (await self.worker.call(lambda: self.embed_image(image)))[0].float().cpu().numpy()
+            vector = await self.worker.embed_image(image)
         elif (query.text is None) == (query.id is None):
             raise InputError("give either text or id (or upload an image as multipart)")
         elif query.id is not None:
