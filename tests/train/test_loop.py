@@ -123,6 +123,17 @@ def test_accumulation_matches_a_bigger_batch(tmp_path, teacher, student, paralle
     assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), abs=1e-5)
 
 
+def test_padding_free_training_gives_the_padded_losses(tmp_path, teacher, student, parallel_tsv):
+    common = dict(steps=4, batch_size=8, lr=1e-3, progress=False)
+    runs = {}
+    for free in (True, False):
+        phase = distillation_phase(teacher, student, parallel_tsv)
+        Trainer(phase, TrainConfig(tmp_path / str(free), padding_free=free, **common)).fit()
+        assert phase.model.text_model.roberta.encoder.padding_free is free
+        runs[free] = losses(tmp_path / str(free))
+    assert runs[True] == pytest.approx(runs[False], abs=1e-5) and len(set(runs[True])) == 4
+
+
 def test_bf16_and_gradient_checkpointing(tmp_path, teacher, student, parallel_tsv):
     common = dict(steps=4, batch_size=8, lr=1e-3, progress=False)
     Trainer(distillation_phase(teacher, student, parallel_tsv), TrainConfig(tmp_path / "plain", **common)).fit()

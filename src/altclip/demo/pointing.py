@@ -69,18 +69,28 @@ def quarter_of(relevance: np.ndarray) -> int:
 
 
 def play(embedders: dict[str, Embedder], data: EmojiSet, games: Sequence[Game]) -> tuple[list[PointingRow], Maps]:
-    """Hit rates per language, model and zoom, and every map (for the picture), keyed the same way."""
+    """Hit rates per language, model and zoom, and every map (for the picture), keyed the same way.
+
+    The image side of a map does not depend on the text, so each model reads each composite once per zoom and
+    scores the names of all languages against it."""
     pictures = [np.asarray(image) for image, _ in games]
+    found: dict[tuple[str, str, int], list[np.ndarray]] = {}
+    for method, embedder in embedders.items():
+        names = [data.names[c][lang] for lang in LANGUAGES for _, four in games for c in four]
+        targets = embedder.embed_texts(names).view(len(LANGUAGES), len(games), 4, -1)  # (languages, composites, 4, dim)
+        targets = targets.transpose(0, 1).flatten(1, 2)  # (composites, languages * 4, dim)
+        for zoom in ZOOMS:
+            every = embedder.relevance_maps(pictures, targets, zoom=zoom)  # each (languages * 4, height, width)
+            for i, lang in enumerate(LANGUAGES):
+                found[lang, method, zoom] = [m[4 * i : 4 * i + 4] for m in every]
     rows, maps = [], {}
     for lang in LANGUAGES:
-        texts = [data.names[c][lang] for _, four in games for c in four]
-        for method, embedder in embedders.items():
-            targets = embedder.embed_texts(texts).view(len(games), 4, -1)  # (composites, quarters, dim)
+        for method in embedders:
             for zoom in ZOOMS:
-                found = embedder.relevance_maps(pictures, targets, zoom=zoom)  # each (4, height, width)
-                hits = sum(quarter_of(m[q]) == q for m in found for q in range(4))
+                key = (lang, method, zoom)
+                hits = sum(quarter_of(m[q]) == q for m in found[key] for q in range(4))
                 rows.append(PointingRow(LANGUAGES[lang], method, zoom, hits, 4 * len(games)))
-                maps[lang, method, zoom] = found
+                maps[key] = found[key]
     return rows, maps
 
 

@@ -84,6 +84,27 @@ def attention(
     return F.dropout(weights, p=dropout) @ v, weights
 
 
+class Packing:
+    """The real tokens of a padded batch as rows of one (tokens, hidden) matrix: padding-free layers run their
+    linear maps on these rows alone, and only attention sees the (batch, length) layout.
+
+    ``mask``: the additive attention mask of the padded layout (``padding_mask``)."""
+
+    def __init__(self, attention_mask: Tensor, mask: Tensor | None) -> None:
+        self.batch, self.length = attention_mask.shape
+        self.index = attention_mask.flatten().nonzero().squeeze(1)  # (tokens,) rows of the flat (batch * length)
+        self.mask = mask
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(batch, length, hidden) -> (tokens, hidden)."""
+        return x.reshape(self.batch * self.length, x.shape[-1]).index_select(0, self.index)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(tokens, hidden) -> (batch, length, hidden), zeros where the batch is padded."""
+        flat = x.new_zeros(self.batch * self.length, x.shape[-1]).index_copy(0, self.index, x)
+        return flat.view(self.batch, self.length, x.shape[-1])
+
+
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
     batch, length, hidden = x.shape  # sizes spelled out: a batch of no rows has no -1 to infer
     return x.view(batch, length, num_heads, hidden // num_heads).transpose(1, 2)  # (batch, heads, length, head_dim)

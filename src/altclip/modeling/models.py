@@ -142,9 +142,19 @@ class PreTrainedModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        self._set_flag("gradient_checkpointing", enable)
+
+    def padding_free_enable(self, enable: bool = True) -> None:
+        """Padded text batches run their linear maps on the real tokens alone (XLM-R towers): the same pooled
+        output, in about the time of the batch without its padding; padded positions of ``last_hidden_state``
+        become zeros. Training turns it on (``TrainConfig.padding_free``); the ``Embedder`` batches texts of about
+        one length instead; parity with transformers keeps it off."""
+        self._set_flag("padding_free", enable)
+
+    def _set_flag(self, name: str, enable: bool) -> None:
         for module in self.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = enable
+            if hasattr(module, name):
+                setattr(module, name, enable)
 
     # -- checkpoints ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from altclip.modeling.config import AltCLIPTextConfig, CLIPTextConfig
 from altclip.modeling.layers import (
     CLIPEncoder,
     EncoderOutput,
+    Packing,
     activation,
     attention,
     causal_mask,
@@ -81,6 +82,9 @@ class RobertaEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
+Mask = Tensor | Packing | None  # additive (batch, 1, 1, keys), or the padding-free layout that carries one
+
+
 class RobertaSelfAttention(nn.Module):
     def __init__(self, config: AltCLIPTextConfig) -> None:
         super().__init__()
@@ -90,10 +94,17 @@ class RobertaSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.query, self.key, self.value))
+    def forward(self, x: Tensor, mask: Mask, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """``x``: (batch, length, hidden), or (tokens, hidden) when ``mask`` is a ``Packing``."""
+        packing = mask if isinstance(mask, Packing) else None
+        q, k, v = (proj(x) for proj in (self.query, self.key, self.value))
+        if packing is not None:
+            mask = packing.mask
+            q, k, v = packing.pad(q), packing.pad(k), packing.pad(v)  # (batch, length, hidden)
+        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
         out, weights = attention(q, k, v, mask, self.dropout if self.training else 0.0, need_weights)
-        return merge_heads(out), weights
+        out = merge_heads(out)  # (batch, length, hidden)
+        return (out if packing is None else packing.pack(out)), weights
 
 
 class RobertaAddNorm(nn.Module):
@@ -115,7 +126,7 @@ class RobertaAttention(nn.Module):
         self.self = RobertaSelfAttention(config)
         self.output = RobertaAddNorm(config.hidden_size, config)
 
-    def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, mask: Mask, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         attn, weights = self.self(x, mask, need_weights)
         return self.output(attn, x), weights
 
@@ -139,20 +150,31 @@ class RobertaLayer(nn.Module):
         self.intermediate = RobertaIntermediate(config)
         self.output = RobertaAddNorm(config.intermediate_size, config)
 
-    def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, mask: Mask, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         x, weights = self.attention(x, mask, need_weights)
         return self.output(self.intermediate(x), x), weights
 
 
 class RobertaEncoder(nn.Module):
+    """The stack of post-LN layers. ``padding_free`` (``PreTrainedModel.padding_free_enable``): a padded batch
+    runs its linear maps on the real tokens alone (``Packing``); the real tokens' outputs are the same, and the
+    padded positions of ``last_hidden_state`` hold zeros instead of values nothing should read."""
+
     def __init__(self, config: AltCLIPTextConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(RobertaLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
+        self.padding_free = False
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, output_hidden_states: bool, output_attentions: bool
+        self, x: Tensor, attention_mask: Tensor | None, output_hidden_states: bool, output_attentions: bool
     ) -> EncoderOutput:
+        mask = padding_mask(attention_mask, x.dtype)
+        wanted = not (output_hidden_states or output_attentions or torch.compiler.is_compiling())
+        if self.padding_free and mask is not None and wanted:
+            packing = Packing(attention_mask, mask)  # type: ignore[arg-type]  (a mask is only made from one)
+            out = run_layers(self.layer, packing.pack(x), packing, False, False, self.gradient_checkpointing)
+            return out._replace(last_hidden_state=packing.pad(out.last_hidden_state))
         return run_layers(self.layer, x, mask, output_hidden_states, output_attentions, self.gradient_checkpointing)
 
 
@@ -174,7 +196,7 @@ class RobertaModel(nn.Module):
     ) -> EncoderOutput:
         check_token_ids(input_ids, self.config.vocab_size, self.config.max_tokens)
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # (batch, length, hidden)
-        return self.encoder(x, padding_mask(attention_mask, x.dtype), output_hidden_states, output_attentions)
+        return self.encoder(x, attention_mask, output_hidden_states, output_attentions)
 
 
 class AltCLIPTextTransformer(nn.Module):

@@ -69,6 +69,7 @@ class TrainConfig:
     clip_grad: float | None = 1.0
     precision: str = "float32"  # or bfloat16/float16 under autocast (fp32, bf16, fp16: the names before 0.2)
     gradient_checkpointing: bool = False
+    padding_free: bool = True  # XLM-R towers skip their padding (``PreTrainedModel.padding_free_enable``)
     group_by_length: bool = False  # batches of texts of about one length: less padding (``micro_batch_indices``)
     seed: int = 0
     save_every: int = 0  # steps between checkpoints; 0: only the last one
@@ -187,6 +188,7 @@ class Trainer:
             raise InputError("float16 training needs a GPU (its gradient scaler is CUDA-only); use bfloat16 on CPU")
         if config.gradient_checkpointing:
             phase.model.gradient_checkpointing_enable()
+        phase.model.padding_free_enable(config.padding_free)
         phase.objective.to(self.group.device).train()
         self.module: torch.nn.Module = phase.objective
         if self.group.world > 1:
