@@ -52,6 +52,7 @@ class Embedder:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model.eval()
         self.precision = precision or Precision("float32", "given", asked="float32")
+        self.backend = "onnx" if isinstance(model, OnnxModel) else "torch"  # from_pretrained says "compile"
         self.processor = processor
         self.batch_size = batch_size
         self.max_text_tokens = text_token_limit(model.config.text_config, processor.tokenizer)  # type: ignore[attr-defined]
@@ -88,7 +89,9 @@ class Embedder:
         device = resolve_device(device)
         resolved = resolve_precision(precision, device, backend)
         model, processor = load_pretrained(name_or_path, device=device, precision=resolved, backend=backend, **hub)
-        return cls(model, processor, batch_size, resolved)
+        embedder = cls(model, processor, batch_size, resolved)
+        embedder.backend = backend
+        return embedder
 
     @property
     def logit_scale(self) -> float:

@@ -105,3 +105,17 @@ def _cached_repo(name: str, revision: str | None, cache_dir: str | Path | None) 
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache_dir, revision=revision), str)
+
+
+def resolve_model(name_or_path: str | Path, revision: str | None = None) -> tuple[str, str | None]:
+    """What a model name stands for, so that it means the same from any working directory and after the hub
+    moves on: (a local folder's absolute path, None), or (a hub name, the commit of the snapshot it resolves to
+    now, from the cache when offline)."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        return str(folder.resolve()), None
+    config = resolve_file(name_or_path, "config.json", revision=revision)
+    snapshot = config.parent if config is not None else None  # .../snapshots/<commit>/config.json
+    if snapshot is not None and snapshot.parent.name == "snapshots":
+        return str(name_or_path), snapshot.name
+    return str(name_or_path), revision

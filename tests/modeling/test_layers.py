@@ -60,6 +60,7 @@ def test_activations():
     assert torch.equal(fast, x * torch.sigmoid(1.702 * x)) and torch.equal(x, torch.linspace(-4, 4, 17))
     assert torch.allclose(fast, naive, atol=1e-6)
     leaf = x.clone().requires_grad_()
+    assert torch.allclose(quick_gelu(leaf), naive, atol=1e-6)
     quick_gelu(leaf).sum().backward()  # the autograd path
     assert torch.allclose(leaf.grad, torch.func.grad(lambda t: (t * torch.sigmoid(1.702 * t)).sum())(x))
     assert activation("gelu") is torch.nn.functional.gelu

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,12 @@ def test_a_list_of_paths_and_folder_checks(tmp_path, image_folder, altclip_check
     embedder = Embedder.from_pretrained(altclip_checkpoint)
     summary = embed_collection(listing, tmp_path / "out", embedder, "m", workers=0, progress=False)
     assert summary.by_status == {"ok": 4, "missing": 1}
-    assert embed_collection(listing, tmp_path / "out", embedder, "m", workers=0, progress=False) == summary  # done
-    with pytest.raises(ValueError, match="was made from model 'm', not 'other'"):
+    again = embed_collection(listing, tmp_path / "out", embedder, "m", workers=0, progress=False)  # nothing to do
+    assert again.update["embedded"] == 0 and again.update["unchanged"] == 5
+    assert replace(again, update=None) == replace(summary, update=None)
+    with pytest.raises(ValueError, match="was made with model 'm', not 'other'"):
         embed_collection(listing, tmp_path / "out", embedder, "other", workers=0, progress=False)
-    with pytest.raises(ValueError, match="was made from draft False, not True"):  # decoding is part of the recipe
+    with pytest.raises(ValueError, match="was made with draft False, not True"):  # decoding is part of the recipe
         embed_collection(listing, tmp_path / "out", embedder, "m", workers=0, progress=False, draft=True)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "something").write_text("x")
@@ -76,13 +79,11 @@ def test_a_list_of_paths_and_folder_checks(tmp_path, image_folder, altclip_check
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
-    with pytest.raises(ValueError, match=r"written by an older altclip \(layout 1, now 3\)"):
+    with pytest.raises(ValueError, match=r"written by an older altclip \(layout 1, now 4\)"):
         Collection.open(tmp_path / "old")
-    # layout 2 called parts "shards": such a folder still opens, and reads as the same collection
-    renamed = {{"parts": "shards", "part_size": "shard_size"}.get(k, k): v for k, v in manifest.items()}
-    (tmp_path / "out" / "manifest.json").write_text(json.dumps({**renamed, "version": 2}))
-    opened = Collection.open(tmp_path / "out")
-    assert opened.manifest.parts == manifest["parts"] and opened.count() == 4
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps({**manifest, "version": 3}))
+    with pytest.raises(ValueError, match=r"layout 3, now 4\), before folder collections could be updated"):
+        Collection.open(tmp_path / "old")
     with pytest.raises(FileNotFoundError, match="neither a folder nor a file"):
         embed_collection(tmp_path / "nowhere", tmp_path / "out2", embedder, "m", workers=0, progress=False)
 
@@ -296,6 +297,8 @@ def test_two_processes_give_the_one_process_result(tmp_path, kind, image_folder,
     )
     one = run_embed(source, tmp_path / "one", altclip_checkpoint, 1, *extra)
     two = run_embed(source, tmp_path / "two", altclip_checkpoint, 2, *extra)  # rank 0 alone prints
+    for summary in (one, two):
+        summary.get("update", {}).pop("seconds", None)
     assert {k: v for k, v in two.items() if k not in ("folder", "index")} == {
         k: v for k, v in one.items() if k not in ("folder", "index")
     }
@@ -317,5 +320,11 @@ def test_two_processes_give_the_one_process_result(tmp_path, kind, image_folder,
         path.unlink()
     kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "two" / "metadata").iterdir()}
     assert run_embed(source, tmp_path / "two", altclip_checkpoint, 2, *extra)["embedded"] == one["embedded"]
-    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()) and all(p.exists() for p in lost)
-    assert Collection.open(tmp_path / "two").metadata().to_pylist() == theirs.metadata().to_pylist()
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    if kind == "tar":  # shard k is part k again
+        assert all(p.exists() for p in lost)
+        assert Collection.open(tmp_path / "two").metadata().to_pylist() == theirs.metadata().to_pylist()
+    else:  # a folder's lost files are embedded again, into new parts
+        from tests.search.test_update import assert_same_collection
+
+        assert_same_collection(tmp_path / "two", tmp_path / "one")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from altclip.cli.common import Subparsers, command, emit, load_embedder, print_json
+from altclip.cli.common import Subparsers, command, emit, load_embedder, made_with, print_json
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -17,20 +17,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
       altclip embed 'laion/{00000..00127}.tar' --out laion.emb --captions
       torchrun --nproc_per_node 8 -m altclip.cli embed 'laion/{00000..00127}.tar' --out laion.emb
     """
+    from altclip.hub import resolve_model
     from altclip.runtime import distributed
     from altclip.runtime.loading import DEFAULT_MODEL
     from altclip.search.collection import embed_collection
-    from altclip.search.index import build_index
+    from altclip.search.index import build_index, current_index
 
-    model = args.model or DEFAULT_MODEL
+    model, revision = resolve_model(args.model or DEFAULT_MODEL)  # the same from any folder, and after hub pushes
     group = distributed.setup(args.device)  # torchrun: one process per device
-    embedder = load_embedder(args, model, device=group.device)
+    embedder = load_embedder(args, model, device=group.device, revision=revision)
     try:
         summary = embed_collection(
             args.source,
             args.out,
             embedder,
             model,
+            revision=revision,
             batch_size=args.batch_size,
             workers=args.workers,
             part_size=args.part_size,
@@ -43,8 +45,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if summary is None:  # not process 0
             return 0
         summary.precision = embedder.precision.to_json()
-        if summary.embedded and not args.no_index:
-            summary.index = build_index(args.out, kind=args.kind, memory=args.memory, exact_max=args.exact_max)
+        if summary.embedded and not args.no_index:  # an index still true to the collection is kept
+            summary.index = current_index(args.out) or build_index(
+                args.out, kind=args.kind, memory=args.memory, exact_max=args.exact_max
+            )
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished parts are kept in {args.out}: run the same command to resume", file=sys.stderr)
         return 130
@@ -78,7 +82,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from altclip.search.index import SearchIndex
 
     index = SearchIndex(args.folder, mmap=args.mmap)
-    embedder = load_embedder(args, args.model or index.collection.manifest.model)
+    embedder = load_embedder(args, *made_with(args, index.collection))
     query = embedder.embed_texts([args.text]) if args.text is not None else embedder.embed_images([args.image])
     if args.dedup:
         hits, dropped = index.search_unique(query[0].float().cpu().numpy(), k=args.k)

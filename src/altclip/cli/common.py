@@ -125,7 +125,15 @@ def precision_of(args: argparse.Namespace) -> str:
     return args.precision or ("auto" if args.command in AUTO_PRECISION_COMMANDS else "float32")
 
 
-def load_embedder(args: argparse.Namespace, model: str | None = None, device: Any = None):
+def made_with(args: argparse.Namespace, collection: Any) -> tuple[str, str | None]:
+    """The model to query a collection with: ``--model`` when given, else the one its manifest records (with
+    the hub revision it was made with)."""
+    if args.model:
+        return args.model, None
+    return collection.manifest.model, collection.manifest.revision
+
+
+def load_embedder(args: argparse.Namespace, model: str | None = None, revision: str | None = None, device: Any = None):
     """The ``Embedder`` the command's model options describe; what it runs in is said on stderr."""
     from altclip.embedder import Embedder
     from altclip.runtime.loading import DEFAULT_MODEL
@@ -136,6 +144,7 @@ def load_embedder(args: argparse.Namespace, model: str | None = None, device: An
         precision=precision_of(args),
         batch_size=args.batch_size,
         backend=args.backend,
+        revision=revision,
     )
     print(f"altclip: {embedder.precision.describe()}", file=sys.stderr)  # stderr: stdout stays the result
     kernel = getattr(embedder.model, "int8_kernel", None)

@@ -37,13 +37,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError("give an `altclip embed` folder to serve (only --immich runs without one)")
     limit_malloc_arenas()
     catalog = Catalog.from_specs(args.folders, thumbnail_cache_bytes=args.thumbnail_cache_mb * 2**20)
-    models = {served.model for served in catalog.indexes.values()}
+    models = {(served.model, served.revision) for served in catalog.indexes.values()}
     if args.model is None and len(models) > 1:
+        names = ", ".join(sorted(f"{m}@{r}" if r else m for m, r in models))
         raise InputError(
-            f"the indexes were embedded by different models ({', '.join(sorted(models))}); serve them separately "
-            "or choose one with --model"
+            f"the indexes were embedded by different models ({names}); serve them separately or choose one with --model"
         )
-    embedder = load_embedder(args, args.model or (models.pop() if models else None))
+    model, revision = (args.model, None) if args.model or not models else models.pop()
+    embedder = load_embedder(args, model, revision)
     config = ServeConfig(
         token=args.token,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -52,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         immich=ImmichSettings(args.immich_upstream, tuple(args.immich_model)) if args.immich else None,
         clip_retrieval=args.clip_retrieval,
         allow_image_urls=args.allow_image_urls,
+        reload_seconds=args.reload_seconds,
     )
     app = create_app(embedder, catalog, config)
     rows = [(i.name, i.count, i.dim, i.model) for i in catalog.info()]
@@ -79,6 +81,13 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--queue-size", type=int, default=256, help="model jobs allowed to wait; more get 503")
     p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long a lone text query waits for others")
+    p.add_argument(
+        "--reload-seconds",
+        type=float,
+        default=10.0,
+        help="how often the folders are checked for updates made by `altclip embed` (0: never); an update shows "
+        "once its index is rebuilt",
+    )
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="larger request bodies get 413")
     p.add_argument("--thumbnail-cache-mb", type=int, default=64, help="memory for cached thumbnails")
     compat = p.add_argument_group("in other apps (their clients send no token)")

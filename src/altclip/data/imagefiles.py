@@ -6,8 +6,10 @@ Everything here crosses a process boundary, so it is module-level and pickles un
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -48,6 +50,18 @@ class Record:
     status: str
     error: str
     unit: int = 0
+    digest: str = ""  # the BLAKE2b-128 of the file's bytes, for a ``HashedFile``
+
+
+@dataclass(frozen=True)
+class HashedFile:
+    """A file read whole, so that its record carries the digest of the bytes that were decoded (what a folder
+    collection compares later to tell a changed file from a touched one)."""
+
+    path: str
+
+    def read(self) -> bytes:
+        return Path(self.path).read_bytes()
 
 
 class ImageFiles(Dataset):
@@ -63,11 +77,17 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, task: Task) -> Record:  # type: ignore[override]
         unit, index, source = task
+        digest = ""
         try:
-            pixels, width, height = preprocess_source(self.processor, source, self.draft_min_side)
+            if isinstance(source, HashedFile):
+                data = read_member(source)
+                digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+                pixels, width, height = self.processor.preprocess_file(data, self.draft_min_side, name=source.path)
+            else:
+                pixels, width, height = preprocess_source(self.processor, source, self.draft_min_side)
         except ImageLoadError as err:
-            return Record(index, None, -1, -1, err.kind, str(err), unit)
-        return Record(index, pixels, width, height, "ok", "", unit)
+            return Record(index, None, -1, -1, err.kind, str(err), unit, digest)
+        return Record(index, pixels, width, height, "ok", "", unit, digest)
 
 
 def preprocess_source(
@@ -83,6 +103,8 @@ def read_member(member: ByteSource) -> bytes:
     """A member's bytes; a file that cannot be read is the image's failure, as a missing file would be."""
     try:
         return member.read()
+    except FileNotFoundError as err:
+        raise ImageLoadError(member.path, "missing", "no such file") from err
     except (OSError, ValueError) as err:
         raise ImageLoadError(member.path, "unreadable", str(err)) from err
 

@@ -17,9 +17,11 @@ from altclip.modeling.config import CLIPTextConfig, CLIPVisionConfig
 
 def quick_gelu(x: Tensor) -> Tensor:
     """x * sigmoid(1.702 x). Without autograd, the sigmoid and the product work in place in the one
-    temporary: the same values, half the memory traffic of CLIP's MLP activation (the largest tensor)."""
+    temporary: the same values, half the memory traffic of CLIP's MLP activation (the largest tensor). With
+    autograd it is silu(1.702 x) / 1.702, whose fused kernels make six passes over the tensor forward and back
+    where the product of a sigmoid makes eight (equal to a float's rounding)."""
     if x.requires_grad:
-        return x * torch.sigmoid(1.702 * x)
+        return F.silu(1.702 * x) / 1.702
     return torch.sigmoid_(1.702 * x).mul_(x)
 
 

@@ -49,7 +49,7 @@ from altclip.files import atomic_path, read_json, write_json, write_npy
 from altclip.runtime import distributed
 from altclip.tables import Result, format_table
 
-VERSION = 3  # 2 called parts "shards" in the manifest; it is read as it is
+VERSION = 4  # 2 called parts "shards" in the manifest; 4 made folder collections updatable (``search.update``)
 MANIFEST, FILES, SUMMARY = "manifest.json", "files.json", "summary.json"
 SUMMARY_FAILURES = 1000  # failures listed in summary.json; every one is in failures/
 BASE_SCHEMA = pa.schema(
@@ -95,21 +95,27 @@ class Manifest(Result):
     parts: int
     dim: int
     dtype: str = "float16"
-    count: int | None = None  # files: how many image files the source listed
-    part_size: int | None = None  # files: images per part
+    count: int | None = None  # files before layout 4: how many image files the source listed
+    part_size: int | None = None  # files before layout 4: images per part
     version: int = VERSION
+    revision: str | None = None  # a hub model's commit (``model`` is then its hub name, else an absolute path)
+    precision: str | None = None  # what the vectors were computed in: float32, bfloat16, float16 or int8
+    backend: str | None = None  # torch, compile or onnx
+    preprocessing: dict[str, Any] | None = None  # the image processor's settings
 
-    RECIPE = ("source", "model", "draft", "captions")  # what must match for a run to resume a folder
+    # what must match for a run to resume or update a folder
+    RECIPE = ("source", "model", "revision", "draft", "captions", "precision", "backend", "preprocessing")
 
     @classmethod
     def from_json(cls, values: dict[str, Any], where: Path) -> Manifest:
-        if values.get("version") not in (2, VERSION):
+        version = values.get("version")
+        if version not in (2, 3, VERSION) or (version < VERSION and values.get("kind") == "files"):
             raise InputError(
-                f"{where} was written by an older altclip (layout {values.get('version')}, now {VERSION}); "
-                "run `altclip embed` again into a new folder"
+                f"{where} was written by an older altclip (layout {version}, now {VERSION}), before folder "
+                "collections could be updated; run `altclip embed` again into a new folder"
             )
         renamed = {{"shards": "parts", "shard_size": "part_size"}.get(k, k): v for k, v in values.items()}
-        return cls(**{**renamed, "version": VERSION})
+        return cls(**{**renamed, "version": version})
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -142,7 +148,9 @@ class Collection:
 
     folder: Path
     manifest: Manifest
-    files: list[str]  # image files, or tar shards
+    files: list[str]  # tar shards (part k is shard k); empty for a folder (see ``altclip.search.update``)
+    parts: list[int]  # the part ids in vector order
+    generation: int = 0  # a folder's updates so far
     mapped: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)  # see part_embeddings
 
     @classmethod
@@ -151,14 +159,23 @@ class Collection:
         if not (folder / MANIFEST).is_file():
             raise MissingFileError(f"{folder} is not an embedding folder (no {MANIFEST}); run `altclip embed` first")
         manifest = Manifest.from_json(read_json(folder / MANIFEST), folder)
-        return cls(folder, manifest, json.loads((folder / FILES).read_text(encoding="utf-8")))
+        listed = json.loads((folder / FILES).read_text(encoding="utf-8"))
+        if isinstance(listed, dict):  # a folder's state: its live parts and its files (``search.update``)
+            return cls(folder, manifest, [], list(listed["parts"]), listed["generation"])
+        return cls(folder, manifest, listed, list(range(manifest.parts)))
 
     @property
     def dim(self) -> int:
         return self.manifest.dim
 
+    @property
+    def base(self) -> Path:
+        """The folder that a folder collection's keys are relative to."""
+        source = Path(self.manifest.source)
+        return source if source.is_dir() or not source.suffix else source.parent
+
     def num_parts(self) -> int:
-        return self.manifest.parts
+        return len(self.parts)
 
     def part_files(self, part: int) -> PartFiles:
         return PartFiles(
@@ -169,19 +186,15 @@ class Collection:
         return self.part_files(part).metadata.exists()
 
     def finished_parts(self) -> list[int]:
-        return [s for s in range(self.num_parts()) if self.finished(s)]
+        return [s for s in self.parts if self.finished(s)]
 
     def items(self, part: int) -> list[Item]:
-        """The samples of one part; a tar shard is scanned (``InputError`` if it cannot be read)."""
-        if self.manifest.kind == "tar":
-            tar = self.files[part]
-            return [
-                Item(s.image.path if s.image else f"{tar}/{s.key}", s.key, s.image, s.caption, s.meta)
-                for s in scan_shard(tar)
-            ]
-        size, root = self.manifest.part_size, Path(self.manifest.source)
-        paths = self.files[part * size : (part + 1) * size]
-        return [Item(p, _relative(p, root), p) for p in paths]
+        """The samples of one tar shard, scanned (``InputError`` if it cannot be read)."""
+        tar = self.files[part]
+        return [
+            Item(s.image.path if s.image else f"{tar}/{s.key}", s.key, s.image, s.caption, s.meta)
+            for s in scan_shard(tar)
+        ]
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
         """Every embedded image's row, in vector order."""
@@ -253,42 +266,44 @@ class Collection:
 FOLDERS = (("img_emb", "npy"), ("text_emb", "npy"), ("metadata", "parquet"), ("failures", "parquet"))
 
 
-def _relative(path: str, root: Path) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return path
-
-
-def _write_parquet(path: Path, table: pa.Table) -> None:
+def write_parquet(path: Path, table: pa.Table) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
-def _create(out: Path, source: str, recipe: dict[str, Any], part_size: int, dim: int) -> Collection:
-    """Start a new output folder, or reopen one made by the same recipe (source, model, decoding, captions)."""
+def check_recipe(collection: Collection, recipe: dict[str, Any]) -> None:
+    """Refuse to add to a collection vectors made another way: another source, model, precision, backend,
+    decoding or preprocessing would mix two kinds of vectors in one index."""
+    made = collection.manifest
+    for key, value in recipe.items():
+        was = getattr(made, key)
+        if was != value:
+            if isinstance(was, dict) and isinstance(value, dict):  # name only the settings that differ
+                differ = sorted(k for k in was.keys() | value.keys() if was.get(k) != value.get(k))
+                was, value = ({k: d.get(k) for k in differ} for d in (was, value))
+            raise InputError(
+                f"{collection.folder} was made with {key} {was!r}, not {value!r}: vectors made "
+                f"otherwise cannot be mixed with its own. Run the command with the {key} it was made with, or "
+                "embed into a new --out folder to make it the new way (then serve or search that one)"
+            )
+
+
+def _create(out: Path, source: str, recipe: dict[str, Any], dim: int) -> Collection:
+    """Start a new output folder of tar shards, or reopen one made by the same recipe."""
     if (out / MANIFEST).exists():
         collection = Collection.open(out)
-        for key, value in recipe.items():
-            made = getattr(collection.manifest, key)
-            if made != value:
-                raise InputError(f"{out} was made from {key} {made!r}, not {value!r}; use a new --out folder")
+        check_recipe(collection, recipe)
         return collection
     # a run killed before its manifest was written leaves at most files.json and temporary files
     if out.exists() and any(p.name != FILES and not p.name.startswith(".") for p in out.iterdir()):
         raise InputError(f"{out} is not empty and holds no {MANIFEST}; choose a new folder")
-    kind = "tar" if is_shard_spec(source) else "files"
-    if kind == "files" and recipe["captions"]:
-        raise InputError(f"{source}: captions come from tar shards' .txt members; --captions needs tar shards")
-    files = expand_shards(source) if kind == "tar" else list_source(source)
+    files = expand_shards(source)
     if not files:
         raise InputError(f"{source} holds no files")
     write_json(out / FILES, files, indent=None)
-    parts = len(files) if kind == "tar" else -(-len(files) // part_size)
-    sizes = {"count": len(files), "part_size": part_size} if kind == "files" else {}
-    manifest = Manifest(**recipe, kind=kind, parts=parts, dim=dim, **sizes)
+    manifest = Manifest(**recipe, kind="tar", parts=len(files), dim=dim)
     write_json(out / MANIFEST, manifest.to_json())
-    return Collection(out, manifest, files)
+    return Collection(out, manifest, files, list(range(len(files))))
 
 
 @dataclass
@@ -334,6 +349,7 @@ def embed_collection(
     embedder: Embedder,
     model_name: str,
     *,
+    revision: str | None = None,
     batch_size: int = 32,
     workers: int = 2,
     part_size: int = 10_000,
@@ -345,7 +361,13 @@ def embed_collection(
     """Embed every image of ``source`` into ``out`` (see the module docstring); returns the summary
     (process 0; the others return None).
 
-    ``draft``: decode large JPEGs at a reduced scale (see ``ImageFiles``); recorded in the manifest.
+    A folder or a list of files is brought to its current state when ``out`` already holds it: new files are
+    embedded, changed ones again, deleted ones leave (``altclip.search.update``). Tar shards are fixed: a second
+    run resumes the first.
+
+    ``model_name``/``revision``: the model as resolved (an absolute path, or a hub name and its commit); with the
+    embedder's precision and backend, ``draft`` and the image processor's settings it is recorded in the manifest,
+    and a later run must match it. ``draft``: decode large JPEGs at a reduced scale (see ``ImageFiles``).
     ``captions``: also embed tar samples' captions into ``text_emb/``. ``group``: this process of a
     ``torchrun`` group, which must have joined it (``altclip.runtime.distributed.setup``); None: one process.
     """
@@ -353,13 +375,40 @@ def embed_collection(
     if part_size < 1:
         raise InputError(f"part_size must be at least 1, got {part_size}")
     out = Path(out)
-    source = str(source) if is_shard_spec(source) else str(Path(source).resolve())
-    recipe = {"source": source, "model": model_name, "draft": draft, "captions": captions}
+    tar = is_shard_spec(source)
+    source = str(source) if tar else str(Path(source).resolve())
+    if not tar and captions:
+        raise InputError(f"{source}: captions come from tar shards' .txt members; --captions needs tar shards")
+    recipe = {
+        "source": source,
+        "model": model_name,
+        "revision": revision,
+        "draft": draft,
+        "captions": captions,
+        "precision": embedder.precision.name,
+        "backend": embedder.backend,
+        "preprocessing": embedder.processor.image_processor.to_dict(),
+    }
+    recipe = json.loads(json.dumps(recipe))  # as the manifest holds it: tuples are lists there
+    if not tar:
+        from altclip.search.update import update_folder
+
+        return update_folder(
+            source,
+            out,
+            embedder,
+            recipe,
+            batch_size=batch_size,
+            workers=workers,
+            part_size=part_size,
+            progress=progress,
+            group=group,
+        )
     dim = embedder.model.config.projection_dim  # type: ignore[attr-defined]
-    collection = _create(out, source, recipe, part_size, dim) if group.main else None
+    collection = _create(out, source, recipe, dim) if group.main else None
     group.barrier()
     if collection is None:  # the others open what process 0 made, and check it
-        collection = _create(out, source, recipe, part_size, dim)
+        collection = _create(out, source, recipe, dim)
     mine = [p for p in range(group.rank, collection.num_parts(), group.world) if not collection.finished(p)]
     plan = PartPlan(collection, mine, batch_size)
     done: dict[int, dict[int, Embedded]] = {}
@@ -426,12 +475,12 @@ def _write_part(
     write_npy(files.img, np.stack(images) if images else np.zeros((0, dim), np.float16))
     if captions:
         write_npy(files.text, np.stack(texts) if texts else np.zeros((0, dim), np.float16))
-    _write_parquet(
+    write_parquet(
         files.failures,
         pa.Table.from_pylist([dict(zip(FAILURE_SCHEMA.names, f, strict=True)) for f in failures], FAILURE_SCHEMA),
     )
     metadata = metadata_table(rows, tar=collection.manifest.kind == "tar")
-    _write_parquet(files.metadata, metadata)  # last: its existence marks the part finished
+    write_parquet(files.metadata, metadata)  # last: its existence marks the part finished
 
 
 def metadata_table(rows: list[tuple[Item, int, int]], tar: bool = False) -> pa.Table:
@@ -472,16 +521,16 @@ def write_vectors(out: str | Path, parts: Iterable[np.ndarray], num_parts: int, 
     manifest = Manifest(**recipe, kind="vectors", parts=num_parts, dim=dim)
     write_json(out / FILES, [], indent=None)
     write_json(out / MANIFEST, manifest.to_json())
-    collection = Collection(out, manifest, [])
+    collection = Collection(out, manifest, [], list(range(num_parts)))
     written = 0
     for part, vectors in enumerate(parts):
         if vectors.ndim != 2 or vectors.shape[1] != dim:
             raise InputError(f"part {part} has shape {vectors.shape}, not (rows, {dim})")
         files = collection.part_files(part)
         write_npy(files.img, vectors.astype(np.float16))
-        _write_parquet(files.failures, FAILURE_SCHEMA.empty_table())
+        write_parquet(files.failures, FAILURE_SCHEMA.empty_table())
         paths = [f"{part}/{i}" for i in range(len(vectors))]
-        _write_parquet(files.metadata, metadata_table([(Item(p, p, None), 0, 0) for p in paths]))
+        write_parquet(files.metadata, metadata_table([(Item(p, p, None), 0, 0) for p in paths]))
         written += 1
     if written != num_parts:
         raise InputError(f"{written} parts given, not {num_parts}")
@@ -503,6 +552,7 @@ class EmbedSummary(Result):
     by_status: dict[str, int]
     failures: list[dict[str, str]]  # the first SUMMARY_FAILURES; every one is in failures/
     captions: int | None = None  # captions embedded, with --captions
+    update: dict[str, Any] | None = None  # a folder's run: what changed (``UpdateCounts``)
     precision: dict[str, Any] | None = None  # set by the command
     index: Any = None  # the IndexInfo of the index built after embedding
 
@@ -515,6 +565,10 @@ class EmbedSummary(Result):
     def describe(self) -> str:
         """The counts, the first failures and the index, as tables and lines for a terminal."""
         lines = [format_table(["status", "images"], list(self.by_status.items()))]
+        if self.update is not None:
+            u = self.update
+            found = ", ".join(f"{u[k]} {k}" for k in ("new", "changed", "deleted", "moved", "unchanged"))
+            lines += ["", f"update {u['generation']}: {found} files; {u['embedded']} embedded in {u['seconds']} s"]
         if self.failures:
             more = " (first 20; all in failures/):" if self.skipped > 20 else ":"
             rows = [(f["status"], f["error"]) for f in self.failures[:20]]

@@ -76,6 +76,7 @@ class IndexInfo(Result):
     build_seconds: float
     file_bytes: int
     opq_check: dict[str, Any] | None = None  # with and without OPQ's rotation, where it was tried
+    generation: int = 0  # the collection's update it indexes (``Collection.generation``)
 
     @property
     def exact(self) -> bool:
@@ -213,9 +214,19 @@ def build_index(
         estimated_bytes=choice.bytes,
         build_seconds=round(time.perf_counter() - started, 1),
         file_bytes=(target / INDEX_FILE).stat().st_size,
+        generation=collection.generation,
     )
     write_json(target / INDEX_INFO, info.to_json())
     return info
+
+
+def current_index(folder: str | Path) -> IndexInfo | None:
+    """What ``index.json`` records, when the index was built for the collection as it is now; else None."""
+    path = Path(folder) / "index" / INDEX_INFO
+    if not path.is_file() or not (path.parent / INDEX_FILE).is_file():
+        return None
+    info = IndexInfo.from_json(read_json(path))
+    return info if info.generation == Collection.open(folder).generation else None
 
 
 OPQ_CHECK_QUERIES, OPQ_CHECK_NPROBE = 200, 16
@@ -406,6 +417,12 @@ class SearchIndex:
         self.index = faiss.read_index(str(path), flags)
         self.info = IndexInfo.from_json(read_json(path.parent / INDEX_INFO))
         apply_params(self.index, self.info.params)
+        if self.info.generation != self.collection.generation:
+            raise InputError(
+                f"{folder}: the index was built for update {self.info.generation} of the collection, which is at "
+                f"update {self.collection.generation}; rebuild it with `altclip index {folder}`"
+            )
+        self.collection.part_embeddings()  # mapped now: an update may delete these files while this index serves
         self.sources = self.collection.image_sources()  # where each image can be read
         self.paths = [s.path if isinstance(s, TarMember) else s for s in self.sources]
         if len(self.paths) != self.index.ntotal:

@@ -22,6 +22,7 @@ image, 413 body over the upload limit, 415 neither JSON nor multipart, 503 queue
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -63,6 +64,7 @@ class ServeConfig:
     immich: ImmichSettings | None = None  # immich's /ping and /predict, with these settings
     clip_retrieval: bool = False  # clip-retrieval's /indices-list, /knn-service and /metadata
     allow_image_urls: bool = False  # clip-retrieval's image_url: the server fetches a URL it is given
+    reload_seconds: float = 10.0  # how often the served folders are checked for updates (0: never)
 
 
 def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None = None) -> FastAPI:
@@ -77,7 +79,10 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await worker.start()
+        follower = asyncio.create_task(follow(catalog, config.reload_seconds)) if config.reload_seconds > 0 else None
         yield
+        if follower is not None:
+            follower.cancel()
         await worker.stop()
 
     app = FastAPI(
@@ -109,6 +114,16 @@ def create_app(embedder: Embedder, catalog: Catalog, config: ServeConfig | None 
     if config.clip_retrieval:  # outermost: its errors (413 included) carry the CORS header too
         app.add_middleware(AllowAnyOrigin, paths=CLIP_RETRIEVAL_PATHS)
     return app
+
+
+async def follow(catalog: Catalog, seconds: float) -> None:
+    """Check the served folders for updates every ``seconds``, opening updated ones off the event loop."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(catalog.refresh)
+        except Exception:  # a reload that fails keeps the old index; the next check tries again
+            log.exception("checking the served folders for updates failed")
 
 
 def check_dimensions(embedder: Embedder, catalog: Catalog) -> None:

@@ -7,6 +7,7 @@ looked up in the index's own list of paths, so no request can reach a file outsi
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ from PIL import Image
 
 from altclip.data.imagefiles import ImageSource, read_member
 from altclip.data.shards import TarMember
-from altclip.errors import InputError, NotFoundError
+from altclip.errors import AltCLIPError, InputError, NotFoundError
 from altclip.processing.image import load_image, to_rgb
-from altclip.search.index import SearchIndex
+from altclip.search.collection import FILES
+from altclip.search.index import INDEX_INFO, SearchIndex
 from altclip.tables import Result
 
+log = logging.getLogger("altclip.serve")
 THUMBNAIL_SIDE = 256
 THUMBNAIL_QUALITY = 85
 
@@ -60,19 +63,49 @@ class ServedIndex:
     def model(self) -> str:
         return self.index.collection.manifest.model
 
+    @property
+    def revision(self) -> str | None:
+        return self.index.collection.manifest.revision
+
     def info(self) -> IndexSummary:
         return IndexSummary(self.name, len(self.index), self.index.index.d, self.model)
 
 
 class Catalog:
-    """Named ``SearchIndex``es (the first is the default) and a bounded cache of JPEG thumbnails."""
+    """Named ``SearchIndex``es (the first is the default) and a bounded cache of JPEG thumbnails.
+
+    ``refresh`` follows the folders: a collection updated since (by ``altclip embed`` in any process), once its
+    index has been rebuilt for the update, is opened anew and replaces the served one in a single assignment. A
+    request holds the ``ServedIndex`` it looked up, so it sees the old state or the new one, never a mix; the
+    old one is let go when its last request ends."""
 
     def __init__(self, folders: dict[str, str | Path], thumbnail_cache_bytes: int = 64 * 2**20) -> None:
-        self.indexes = {name: ServedIndex(name, SearchIndex(folder)) for name, folder in folders.items()}
+        self.folders = {name: Path(folder) for name, folder in folders.items()}
+        self.indexes = {name: ServedIndex(name, SearchIndex(folder)) for name, folder in self.folders.items()}
+        self._stamps = {name: stamp(folder) for name, folder in self.folders.items()}
         self.thumbnail_cache_bytes = thumbnail_cache_bytes
-        self._thumbnails: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._thumbnails: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
+
+    def refresh(self) -> list[str]:
+        """Open anew every collection whose state or index changed on disk since it was opened, when its index
+        matches its state (an index not yet rebuilt after an update is waited for); the names replaced."""
+        replaced = []
+        for name, folder in self.folders.items():
+            now = stamp(folder)
+            if now == self._stamps[name]:
+                continue
+            try:
+                fresh = SearchIndex(folder)
+            except (AltCLIPError, OSError, ValueError) as err:  # mid-update, or the index is older: next time
+                log.info("index %s not reloaded yet: %s", name, err)
+                continue
+            self.indexes[name] = ServedIndex(name, fresh)
+            self._stamps[name] = now
+            replaced.append(name)
+            log.info("index %s reloaded: %d images (update %d)", name, len(fresh), fresh.collection.generation)
+        return replaced
 
     @classmethod
     def from_specs(cls, specs: list[str], thumbnail_cache_bytes: int = 64 * 2**20) -> Catalog:
@@ -110,7 +143,7 @@ class Catalog:
     def thumbnail(self, name: str, image_id: str | int) -> bytes:
         """A JPEG of at most ``THUMBNAIL_SIDE`` pixels on its long side, cached (least recently used first out)."""
         source = self.source(name, image_id)
-        key = (name, int(image_id))
+        key = (name, self.get(name).index.collection.generation, int(image_id))  # ids change with an update
         with self._lock:
             if key in self._thumbnails:
                 self._thumbnails.move_to_end(key)
@@ -127,6 +160,13 @@ class Catalog:
     @property
     def cached_bytes(self) -> int:
         return self._cached_bytes
+
+
+def stamp(folder: Path) -> tuple[int, int]:
+    """When a collection's state and its index were last written (0 where missing)."""
+    return tuple(  # type: ignore[return-value]
+        path.stat().st_mtime_ns if path.exists() else 0 for path in (folder / FILES, folder / "index" / INDEX_INFO)
+    )
 
 
 def make_thumbnail(source: ImageSource | Path, side: int = THUMBNAIL_SIDE) -> bytes:
