@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/update.py --images 2000 --json
 
 A folder of small JPEGs (each one distinct) is embedded whole by ``altclip embed``'s code path (worker
-processes decoding, parts written, then the exact index), then changed and updated, each step timed and its
-bytes counted (``write_bytes`` of ``/proc/self/io``: what this process wrote, Linux only):
+processes decoding, parts written, then the exact index, rebuilt only when the rows changed), then changed and
+updated, each step timed and its bytes written counted (every file of a collection is written whole, a
+temporary file then a rename, so the bytes written are the sizes of the files that are new or newer):
 
 - nothing changed (a nightly run on a quiet day);
 - a day's photos: 1% new files;
@@ -34,12 +35,12 @@ import torch
 from PIL import Image
 
 import altclip
+from altclip.embedder import Embedder
 from altclip.processing.tokenization import train_sentencepiece
 from altclip.runtime.hardware import detect_cpu
 from altclip.search.collection import embed_collection
-from altclip.search.index import build_index
+from altclip.search.index import build_index, current_index
 from altclip.tables import format_table
-from altclip.tasks import Embedder
 
 CONFIG = {
     "text_config": {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1},
@@ -55,15 +56,15 @@ CONFIG = {
 }
 
 
-def written_bytes() -> int:
-    """Bytes this process has written so far (0 where ``/proc`` is not there)."""
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def files(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Every file under ``folder``: (mtime_ns, size)."""
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+def written(before: dict[Path, tuple[int, int]], after: dict[Path, tuple[int, int]]) -> int:
+    """Bytes written between two listings: every file is written whole (a temporary file, then a rename), so
+    what was written is the files that are new or rewritten."""
+    return sum(size for path, (mtime, size) in after.items() if before.get(path, (None,))[0] != mtime)
 
 
 def make_model(folder: Path) -> Path:
@@ -102,21 +103,25 @@ def age(paths: list[Path]) -> None:
 
 
 def measure(step: str, run) -> dict[str, Any]:
-    start_bytes, start = written_bytes(), time.perf_counter()
+    listed, start = files(run.out) if run.out.exists() else {}, time.perf_counter()
     summary = run()
     seconds = time.perf_counter() - start
-    embed_bytes = written_bytes() - start_bytes
-    index_start, start = written_bytes(), time.perf_counter()
-    build_index(run.out, kind="flat")
-    index_seconds = time.perf_counter() - start
-    index_bytes = written_bytes() - index_start
+    embedded = files(run.out)
+    index_start = time.perf_counter()
+    current_index(run.out) or build_index(run.out, kind="flat")  # as `altclip embed` does
+    index_seconds = time.perf_counter() - index_start
+    indexed = files(run.out)
+
+    def index_file(path: Path) -> bool:
+        return path.relative_to(run.out).parts[0] == "index"
+
     update = summary.update or {}
     return {
         "step": step,
         "embed_seconds": round(seconds, 2),
-        "embed_bytes": embed_bytes,
+        "embed_bytes": written(listed, {p: v for p, v in embedded.items() if not index_file(p)}),
         "index_seconds": round(index_seconds, 2),
-        "index_bytes": index_bytes,
+        "index_bytes": written(embedded, {p: v for p, v in indexed.items() if index_file(p)}),
         "decoded": update.get("embedded", 0),
         "counts": {k: update.get(k) for k in ("new", "changed", "deleted", "moved", "unchanged")},
         "parts_written": update.get("parts_written"),

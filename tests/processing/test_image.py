@@ -118,6 +118,27 @@ def test_exif_orientation_is_applied_to_files(tmp_path):
     assert_pixels_equal(ours(tmp_path / "rotated.png"), ours(Image.fromarray(np.rot90(pixels, k=-1).copy())))
 
 
+@pytest.mark.parametrize("suffix", [".heic", ".avif"])
+def test_phone_formats_read_upright_like_jpeg(tmp_path, suffix):
+    """HEIC (pillow-heif) and AVIF (Pillow) photos with an EXIF orientation read as the same JPEG does."""
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (48, 1)), np.tile(ramp[:48, None], (1, 64)), np.full((48, 64), 90, np.uint8)], 2)
+    pixels[:12, :16] = (250, 20, 20)  # a red corner: where it ends up shows the rotation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display", as a phone held upright writes
+    for name in (f"photo{suffix}", "photo.jpg"):  # as bytes: pillow-heif writes the rotation only from those
+        Image.fromarray(pixels).save(tmp_path / name, exif=exif.tobytes(), quality=95)
+    ours_, jpeg = load_image(tmp_path / f"photo{suffix}"), load_image(tmp_path / "photo.jpg")
+    assert ours_.size == jpeg.size == (48, 64)
+    difference = np.abs(np.asarray(ours_.convert("RGB"), np.int16) - np.asarray(jpeg.convert("RGB"), np.int16))
+    assert difference.mean() < 6, difference.mean()  # two lossy codecs of the same upright picture
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes((tmp_path / f"photo{suffix}").read_bytes()[:200])
+    with pytest.raises(ImageLoadError) as err:
+        load_image(broken)
+    assert err.value.kind in ("truncated", "unreadable", "not_image") and str(broken) in str(err.value)
+
+
 def test_draft_decoding_shrinks_large_jpegs_and_stays_close_to_the_full_decode(tmp_path):
     """The fast path (Pillow's JPEG draft mode) against the naive one (decode everything, then resize)."""
     import skimage.data

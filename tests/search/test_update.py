@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from altclip.data import imagefiles
+from altclip.embedder import Embedder
 from altclip.search.collection import Collection, embed_collection
 from altclip.search.index import SearchIndex, build_index
 from altclip.search.update import RACY_NS, Entry
-from altclip.tasks import Embedder
 from tests.conftest import BROKEN, draw, make_image_folder
 
 
@@ -268,3 +269,24 @@ def test_a_stop_around_the_commit(tmp_path, altclip_checkpoint, monkeypatch, poi
     fresh_embed(folder, out, altclip_checkpoint)
     fresh_embed(folder, tmp_path / "fresh", altclip_checkpoint)
     assert_same_collection(out, tmp_path / "fresh")
+
+
+def test_phone_photos_embed_upright(tmp_path, altclip_checkpoint):
+    """HEIC and AVIF files of a folder are decoded in the worker processes, turned upright by their orientation."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name in ("IMG_0001.heic", "IMG_0002.avif", "IMG_0003.jpg"):
+        draw((200, 30, 30), "triangle", 48).resize((64, 48)).save(folder / name, exif=exif.tobytes(), quality=95)
+    embedder = Embedder.from_pretrained(altclip_checkpoint)
+    summary = embed_collection(folder, tmp_path / "emb", embedder, "m", workers=1, progress=False)
+    assert summary.embedded == 3 and summary.skipped == 0
+    rows = Collection.open(tmp_path / "emb").metadata().to_pylist()
+    assert {(row["key"], row["width"], row["height"]) for row in rows} == {
+        (name, 48, 64) for name in ("IMG_0001.heic", "IMG_0002.avif", "IMG_0003.jpg")
+    }
+    vectors = rows_by_key(Collection.open(tmp_path / "emb"))
+    for name in ("IMG_0001.heic", "IMG_0002.avif"):  # the same picture as the JPEG, through other codecs
+        cosine = vectors[name]["vector"].astype(np.float32) @ vectors["IMG_0003.jpg"]["vector"].astype(np.float32)
+        assert cosine > 0.98, (name, cosine)

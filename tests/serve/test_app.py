@@ -495,3 +495,17 @@ def test_a_bug_answers_500_and_is_logged_while_bad_input_answers_400(embedder, c
             response = client.post("/api/search", json={"text": "a cat"})
         assert_error(response, 500, "internal error (ArrowInvalid)")
         assert "a bug deep in a library" in caplog.text and "Traceback" in caplog.text
+
+
+def test_duplicates_are_grouped_by_the_index(client):
+    answer = client.get("/api/duplicates", params={"index": "photos", "threshold": 0.999})
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    groups = [sorted(image["path"].rsplit("/", 1)[-1] for image in g["images"]) for g in data["groups"]]
+    for name in COPIES:  # each photo and its exact copy: one group
+        assert any({f"{name}.jpg", f"{name}-copy.jpg"} <= set(g) for g in groups), groups
+    first = data["groups"][0]["images"][0]
+    assert client.get(first["thumbnail"]).status_code == 200 and data["index"] == "photos"
+    assert data["group_count"] == len(data["groups"]) and data["duplicates"] >= 3
+    assert client.get("/api/duplicates", params={"threshold": 2}).status_code == 400
+    assert client.get("/api/duplicates", params={"index": "nowhere"}).status_code == 404

@@ -141,6 +141,20 @@ def test_zero_shot_panel(page: Page, photo_folder: Path, screenshots: Path):
     page.screenshot(path=str(screenshots / "zero-shot.png"))
 
 
+def test_near_duplicates_panel(page: Page, screenshots: Path):
+    page.click("#duplicates summary")
+    page.fill("#threshold", "0.999")
+    page.click("#duplicates-form button")
+    expect(page.locator("#duplicates-status")).to_contain_text("near-duplicates among 15 images in photos")
+    groups = [g.split("\n") for g in page.locator("#groups .group").all_inner_texts()]
+    for name in ("red-circle", "blue-square", "green-triangle"):  # each photo and its copy, side by side
+        assert any(any(name + ".jpg" in c for c in g) and any(name + "-copy.jpg" in c for c in g) for g in groups)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#groups img')].every((i) => i.complete && i.naturalWidth > 0)"
+    )
+    page.screenshot(path=str(screenshots / "near-duplicates.png"), full_page=True)
+
+
 def test_errors_are_shown_in_the_page(page: Page, tmp_path: Path):
     page.press("#query", "Enter")
     expect(page.locator("#error")).to_have_text("Type something to search for.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from altclip.cli.common import Subparsers, command, emit, load_embedder, made_with, print_json
+from altclip.cli.common import Subparsers, add_json, command, emit, load_embedder, made_with, print_json
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -98,6 +98,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    """list groups of near-duplicate photos of an embedding folder, found through its index
+
+    examples:
+      altclip duplicates ~/photos.emb
+      altclip duplicates ~/photos.emb --threshold 0.97 --json
+    """
+    from altclip.search.duplicates import find_duplicates
+    from altclip.search.index import SearchIndex
+
+    found = find_duplicates(SearchIndex(args.folder), threshold=args.threshold)
+    if args.json:
+        print_json(found.to_json())
+    else:
+        print(found.describe())
+    return 0
+
+
 def add_index_options(p: argparse.ArgumentParser) -> None:
     from altclip.search.index import DEFAULT_MEMORY, EXACT_MAX, KINDS
 
@@ -137,6 +155,18 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     p = command(sub, "index", cmd_index, [model])
     p.add_argument("folder")
     add_index_options(p)
+
+    from altclip.search.duplicates import DEFAULT_THRESHOLD
+
+    p = command(sub, "duplicates", cmd_duplicates, [])
+    p.add_argument("folder")
+    add_json(p)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"the least cosine of two near-duplicates (default {DEFAULT_THRESHOLD}, immich's default distance 0.01)",
+    )
 
     p = command(sub, "search", cmd_search, [model])
     p.add_argument("folder")

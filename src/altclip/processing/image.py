@@ -4,7 +4,8 @@ Per image: convert to RGB (transparency composited onto white) -> resize the sho
 with Pillow) -> centre crop (zero-padded when the image is smaller) -> rescale to [0, 1] -> normalise
 with the OpenAI mean and std. Inputs may be PIL images, NumPy arrays (HWC or CHW, uint8 or float in
 [0, 1]), torch tensors, file paths, or lists of these. A file path is opened with Pillow, which keeps
-its decompression-bomb limit, and turned upright by its EXIF orientation tag before anything else.
+its decompression-bomb limit, and turned upright by its EXIF orientation tag before anything else. Pillow reads
+AVIF itself; HEIC/HEIF (phones' default) through ``pillow-heif``, registered here when it is installed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,20 @@ PREPROCESSOR_NAME = "preprocessor_config.json"  # the image processor's own file
 PROCESSOR_NAME = "processor_config.json"  # transformers 5 writes only this, the image processor nested in it
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | Path
+
+
+def register_heif() -> bool:
+    """Let Pillow open HEIC/HEIF files (``pillow-heif``); False where it is not installed. Registered on import
+    of this module, so worker processes that decode (any start method) read them too."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+HEIF = register_heif()
 
 
 class ImageLoadError(InputError):

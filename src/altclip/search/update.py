@@ -509,7 +509,8 @@ def commit(
     same_rows = not (rewritten or touched or plan.parts)  # only stats refreshed: the vectors and their index stand
     generation = state.generation if same_rows and state.parts else state.generation + 1
     new_state = State(generation, next_part, kept + rewritten + sorted(plan.parts), files)
-    write_json(collection.folder / FILES, new_state.to_json(), indent=None)  # the commit
+    if new_state != state:  # a quiet day's run writes nothing
+        write_json(collection.folder / FILES, new_state.to_json(), indent=None)  # the commit
     (collection.folder / PLAN).unlink(missing_ok=True)
     remove_unnamed(collection, set(new_state.parts))
     return len(rewritten), len(touched), generation

@@ -27,6 +27,7 @@ from altclip.errors import InputError
 from altclip.explain.drawing import overlay
 from altclip.processing.image import ImageLoadError, load_image, to_rgb
 from altclip.processing.prompts import TEMPLATES
+from altclip.search.duplicates import DEFAULT_THRESHOLD, Duplicates, find_duplicates
 from altclip.search.index import Hit
 from altclip.serve.catalog import Catalog, NotFound
 from altclip.serve.middleware import Metrics
@@ -64,6 +65,7 @@ class Api:
         self.embedder, self.catalog, self.worker, self.metrics, self.limits = embedder, catalog, worker, metrics, limits
         self.image_processor = embedder.processor.image_processor
         self.page_html = (STATIC / "index.html").read_text(encoding="utf-8")
+        self._duplicates: dict[tuple[int, float], Duplicates] = {}  # (the served index, threshold) -> groups
 
     def register(self, app: FastAPI, security: list[Any]) -> None:
         """Put every route on ``app`` itself (not an included router), so that RecordMetrics sees each route's
@@ -88,6 +90,7 @@ class Api:
         get("/thumbnail/{index}/{id}", self.thumbnail, response_class=Response, responses=JPEG)
         get("/image/{index}/{id}", self.original, response_class=FileResponse, responses=ERRORS)
         get("/explain/{index}/{id}", self.explain, response_class=Response, responses=PNG)
+        get("/duplicates", self.duplicates, responses=ERRORS)
 
     # -- pages and health -------------------------------------------------------------------------------
 
@@ -105,6 +108,25 @@ class Api:
 
     async def languages(self) -> list[str]:
         return sorted(TEMPLATES)
+
+    async def duplicates(
+        self, request: Request, index: str | None = None, threshold: float = DEFAULT_THRESHOLD, limit: int = 100
+    ) -> dict[str, Any]:
+        """Groups of near-duplicate images of an index (``altclip.search.duplicates``), largest first, at most
+        ``limit``; worked out once per index state and threshold."""
+        served = self.catalog.get(index)
+        if not 1 <= limit <= self.limits.max_k:
+            raise InputError(f"limit must be between 1 and {self.limits.max_k}, got {limit}")
+        key = (id(served.index), threshold)
+        found = self._duplicates.get(key)
+        if found is None:
+            found = await run_in_threadpool(find_duplicates, served.index, threshold)
+            self._duplicates = {k: v for k, v in self._duplicates.items() if k[0] == id(served.index)}
+            self._duplicates[key] = found
+        root = request.scope.get("root_path", "")
+        groups = [{"images": [result(root, served.name, hit) for hit in g.hits()]} for g in found.groups[:limit]]
+        summary = {k: v for k, v in found.to_json().items() if k != "groups"}
+        return {"index": served.name, **summary, "groups": groups}
 
     # -- the model --------------------------------------------------------------------------------------
 

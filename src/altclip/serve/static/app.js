@@ -244,6 +244,47 @@ async function classify() {
   }
 }
 
+// -- near-duplicates --------------------------------------------------------------------------------
+
+async function findDuplicates() {
+  showError("");
+  const params = new URLSearchParams({ threshold: $("threshold").value || "0.99" });
+  if ($("index").value) params.set("index", $("index").value);
+  $("duplicates-status").textContent = "Looking for near-duplicates…";
+  try {
+    const data = await api(`api/duplicates?${params}`);
+    const list = $("groups");
+    list.replaceChildren();
+    for (const group of data.groups) {
+      const item = document.createElement("li");
+      item.className = "group";
+      for (const [n, image] of group.images.entries()) {
+        const figure = document.createElement("figure");
+        const img = document.createElement("img");
+        img.alt = basename(image.path);
+        img.loading = "lazy";
+        showImage(img, image.thumbnail);
+        const caption = document.createElement("figcaption");
+        caption.dir = "auto";
+        caption.title = image.path;
+        caption.textContent = basename(image.path);
+        const score = document.createElement("span");
+        score.className = "score";
+        score.textContent = n === 0 ? "kept first" : `cosine ${image.score.toFixed(3)}`;
+        figure.append(img, caption, score);
+        item.append(figure);
+      }
+      list.append(item);
+    }
+    const shown = data.groups.length < data.group_count ? ` (the first ${data.groups.length} shown)` : "";
+    $("duplicates-status").textContent =
+      `${data.group_count} groups, ${data.duplicates} near-duplicates among ${data.images} images in ${data.index}${shown}.`;
+  } catch (err) {
+    $("duplicates-status").textContent = "";
+    showError(err.message);
+  }
+}
+
 // -- start-up: indexes, languages, events ------------------------------------------------------------
 
 async function loadIndexes() {
@@ -311,6 +352,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("classify-form").addEventListener("submit", (event) => {
     event.preventDefault();
     classify();
+  });
+  $("duplicates-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    findDuplicates();
   });
   $("token-box").addEventListener("submit", (event) => {
     event.preventDefault();
