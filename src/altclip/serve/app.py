@@ -11,6 +11,7 @@
     GET  /api/thumbnail/{index}/{id}        JPEG, at most 256 px on its long side, cached
     GET  /api/image/{index}/{id}            the original file
     GET  /api/explain/{index}/{id}?text=    PNG: the thumbnail under the relevance map of the text ("why?")
+    GET  /api/duplicates?index=&threshold=  groups of near-duplicate images (``altclip.search.duplicates``)
 
 With ``ServeConfig.immich``: immich's ``GET /ping`` and ``POST /predict`` (``serve.immich``); with
 ``clip_retrieval``: ``GET /indices-list``, ``POST /knn-service`` and ``POST /metadata`` (``serve.clip_retrieval``).
