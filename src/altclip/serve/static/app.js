@@ -109,6 +109,15 @@ function basename(path) {
   return path.split(/[\\/]/).pop();
 }
 
+// An <img> of a result's thumbnail, loaded when it scrolls into view.
+function thumbnailOf(result) {
+  const img = document.createElement("img");
+  img.alt = basename(result.path);
+  img.loading = "lazy";
+  showImage(img, result.thumbnail);
+  return img;
+}
+
 function render(data, label, ms) {
   state.objectUrls.forEach((url) => URL.revokeObjectURL(url));
   state.objectUrls = [];
@@ -119,10 +128,7 @@ function render(data, label, ms) {
     card.type = "button";
     card.className = "card";
     card.title = result.path;
-    const img = document.createElement("img");
-    img.alt = basename(result.path);
-    img.loading = "lazy";
-    showImage(img, result.thumbnail);
+    const img = thumbnailOf(result);
     const meta = document.createElement("span");
     meta.className = "meta";
     const name = document.createElement("span");
@@ -260,10 +266,7 @@ async function findDuplicates() {
       item.className = "group";
       for (const [n, image] of group.images.entries()) {
         const figure = document.createElement("figure");
-        const img = document.createElement("img");
-        img.alt = basename(image.path);
-        img.loading = "lazy";
-        showImage(img, image.thumbnail);
+        const img = thumbnailOf(image);
         const caption = document.createElement("figcaption");
         caption.dir = "auto";
         caption.title = image.path;
