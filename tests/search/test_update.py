@@ -117,6 +117,17 @@ def test_an_update_equals_a_fresh_embed_of_the_final_folder(tmp_path, altclip_ch
     state = json.loads((out / "files.json").read_text())
     assert done["deleted"] not in state["files"] and Entry(*state["files"][done["renamed"]]).digest
 
+    from embedding_reader import EmbeddingReader  # clip-retrieval's reader: the parts as it lists them
+
+    reader = EmbeddingReader(
+        str(out / "img_emb"), file_format="parquet_npy", metadata_folder=str(out / "metadata"), meta_columns=["key"]
+    )
+    batches = list(reader(batch_size=7, show_progress=False))
+    collection = Collection.open(out)
+    np.testing.assert_array_equal(np.concatenate([b for b, _ in batches]), collection.embeddings())
+    keys = [key for _, frame in batches for key in frame["key"]]
+    assert keys == collection.metadata(["key"])["key"].to_pylist() and done["deleted"] not in keys
+
     build_index(out, kind="flat")
     build_index(fresh, kind="flat")
     queries = embedder.embed_images([draw((200, 30, 30), "circle", 40), draw((30, 30, 200), "square", 48)]).numpy()

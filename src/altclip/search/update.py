@@ -6,8 +6,9 @@ The committed state is ``files.json``, replaced atomically (temporary file, then
     {"generation": 3, "next_part": 9, "parts": [0, 1, 4, 7, 8],
      "files": {"2024/IMG_0001.jpg": [size, mtime_ns, digest, part, checked_ns], ...}}
 
-``parts`` are the live parts in vector order; every file the folder held at the last run has an entry, the
-unreadable ones too (their row is in their part's failures table). Parts never change once written: a run
+``parts`` are the live parts in vector order, which is the order of their ids (as tools that list the folder
+read them); every file the folder held at the last run has an entry, the unreadable ones too (their row is in
+their part's failures table). Parts never change once written: a run
 writes new parts with fresh ids and names the new list in ``files.json``; the parts it replaced are deleted
 after that rename.
 
@@ -508,7 +509,8 @@ def commit(
     kept = [p for p in state.parts if p not in touched]
     same_rows = not (rewritten or touched or plan.parts)  # only stats refreshed: the vectors and their index stand
     generation = state.generation if same_rows and state.parts else state.generation + 1
-    new_state = State(generation, next_part, kept + rewritten + sorted(plan.parts), files)
+    parts = sorted(kept + rewritten + list(plan.parts))  # by id, as readers that list the folder order them
+    new_state = State(generation, next_part, parts, files)
     if new_state != state:  # a quiet day's run writes nothing
         write_json(collection.folder / FILES, new_state.to_json(), indent=None)  # the commit
     (collection.folder / PLAN).unlink(missing_ok=True)
