@@ -12,8 +12,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     """embed a folder, a list of paths or WebDataset tar shards into float16 parts, resumably, then index it;
     under torchrun the parts are shared out between the processes
 
+    Run again on a folder, it brings the collection up to date: new files embedded, changed ones embedded again,
+    deleted ones removed, unchanged ones left unread; a running `altclip serve` picks the update up.
+
     examples:
       altclip embed ~/photos --out ~/photos.emb --workers 4
+      altclip embed ~/photos --out ~/photos.emb       # again, tomorrow: only what changed
       altclip embed 'laion/{00000..00127}.tar' --out laion.emb --captions
       torchrun --nproc_per_node 8 -m altclip.cli embed 'laion/{00000..00127}.tar' --out laion.emb
     """
@@ -136,7 +140,11 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
         help="a folder (walked recursively), a text file listing image paths, a .tar shard, a brace pattern "
         "of shards, or a text file listing shards",
     )
-    p.add_argument("--out", required=True, help="output folder; rerun the same command to resume")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder; run the same command again to resume, or to bring a folder's collection up to date",
+    )
     p.add_argument("--part-size", type=int, default=10_000, help="images per part of a folder's embeddings")
     p.add_argument("--shard-size", dest="part_size", type=int, help=argparse.SUPPRESS)  # its name before 0.2
     p.add_argument("--no-index", action="store_true", help="skip building the FAISS index")
