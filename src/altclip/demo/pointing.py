@@ -74,7 +74,7 @@ def play(embedders: dict[str, Embedder], data: EmojiSet, games: Sequence[Game]) 
     The image side of a map does not depend on the text, so each model reads each composite once per zoom and
     scores the names of all languages against it."""
     pictures = [np.asarray(image) for image, _ in games]
-    found: dict[tuple[str, str, int], list[np.ndarray]] = {}
+    found: Maps = {}
     for method, embedder in embedders.items():
         names = [data.names[c][lang] for lang in LANGUAGES for _, four in games for c in four]
         targets = embedder.embed_texts(names).view(len(LANGUAGES), len(games), 4, -1)  # (languages, composites, 4, dim)
@@ -83,15 +83,13 @@ def play(embedders: dict[str, Embedder], data: EmojiSet, games: Sequence[Game]) 
             every = embedder.relevance_maps(pictures, targets, zoom=zoom)  # each (languages * 4, height, width)
             for i, lang in enumerate(LANGUAGES):
                 found[lang, method, zoom] = [m[4 * i : 4 * i + 4] for m in every]
-    rows, maps = [], {}
+    rows = []
     for lang in LANGUAGES:
         for method in embedders:
             for zoom in ZOOMS:
-                key = (lang, method, zoom)
-                hits = sum(quarter_of(m[q]) == q for m in found[key] for q in range(4))
+                hits = sum(quarter_of(m[q]) == q for m in found[lang, method, zoom] for q in range(4))
                 rows.append(PointingRow(LANGUAGES[lang], method, zoom, hits, 4 * len(games)))
-                maps[key] = found[key]
-    return rows, maps
+    return rows, found
 
 
 def pointing_table(rows: Sequence[PointingRow]) -> str:

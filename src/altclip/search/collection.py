@@ -170,9 +170,9 @@ class Collection:
 
     @property
     def base(self) -> Path:
-        """The folder that a folder collection's keys are relative to."""
+        """The folder that a folder collection's keys are relative to (a list of files: its folder)."""
         source = Path(self.manifest.source)
-        return source if source.is_dir() or not source.suffix else source.parent
+        return source if source.is_dir() else source.parent
 
     def num_parts(self) -> int:
         return len(self.parts)
@@ -181,6 +181,25 @@ class Collection:
         return PartFiles(
             *(self.folder / kind / f"{kind}_{part:05d}.{ext}" for kind, ext in FOLDERS),
         )
+
+    def write_part(
+        self,
+        part: int,
+        images: list[np.ndarray],
+        failures: pa.Table,
+        metadata: pa.Table,
+        texts: list[np.ndarray] | None = None,
+    ) -> None:
+        """A part's files, each atomically, the metadata last: its existence marks the part finished."""
+        files = self.part_files(part)
+        write_npy(files.img, self._stack(images))
+        if texts is not None:
+            write_npy(files.text, self._stack(texts))
+        write_parquet(files.failures, failures)
+        write_parquet(files.metadata, metadata)
+
+    def _stack(self, vectors: list[np.ndarray]) -> np.ndarray:
+        return np.stack(vectors).astype(np.float16) if len(vectors) else np.zeros((0, self.dim), np.float16)
 
     def finished(self, part: int) -> bool:
         return self.part_files(part).metadata.exists()
@@ -471,16 +490,13 @@ def _write_part(
         texts.append(e.text)
     if part in unreadable:
         failures.append((collection.files[part], "", "bad_shard", unreadable.pop(part)))
-    files, dim = collection.part_files(part), collection.dim
-    write_npy(files.img, np.stack(images) if images else np.zeros((0, dim), np.float16))
-    if captions:
-        write_npy(files.text, np.stack(texts) if texts else np.zeros((0, dim), np.float16))
-    write_parquet(
-        files.failures,
+    collection.write_part(
+        part,
+        images,
         pa.Table.from_pylist([dict(zip(FAILURE_SCHEMA.names, f, strict=True)) for f in failures], FAILURE_SCHEMA),
+        metadata_table(rows, tar=collection.manifest.kind == "tar"),
+        texts if captions else None,
     )
-    metadata = metadata_table(rows, tar=collection.manifest.kind == "tar")
-    write_parquet(files.metadata, metadata)  # last: its existence marks the part finished
 
 
 def metadata_table(rows: list[tuple[Item, int, int]], tar: bool = False) -> pa.Table:
@@ -526,11 +542,9 @@ def write_vectors(out: str | Path, parts: Iterable[np.ndarray], num_parts: int, 
     for part, vectors in enumerate(parts):
         if vectors.ndim != 2 or vectors.shape[1] != dim:
             raise InputError(f"part {part} has shape {vectors.shape}, not (rows, {dim})")
-        files = collection.part_files(part)
-        write_npy(files.img, vectors.astype(np.float16))
-        write_parquet(files.failures, FAILURE_SCHEMA.empty_table())
         paths = [f"{part}/{i}" for i in range(len(vectors))]
-        write_parquet(files.metadata, metadata_table([(Item(p, p, None), 0, 0) for p in paths]))
+        metadata = metadata_table([(Item(p, p, None), 0, 0) for p in paths])
+        collection.write_part(part, list(vectors), FAILURE_SCHEMA.empty_table(), metadata)
         written += 1
     if written != num_parts:
         raise InputError(f"{written} parts given, not {num_parts}")

@@ -31,7 +31,6 @@ deletes every file no state or plan names, and goes on. One update runs at a tim
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -43,10 +42,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from altclip.data.imagefiles import HashedFile, Task, image_batches
+from altclip.data.imagefiles import HashedFile, Task, content_digest, image_batches
 from altclip.embedder import Embedder
 from altclip.errors import InputError, MissingFileError
-from altclip.files import read_json, write_json, write_npy
+from altclip.files import read_json, write_json
 from altclip.runtime import distributed
 from altclip.search.collection import (
     BASE_SCHEMA,
@@ -59,7 +58,6 @@ from altclip.search.collection import (
     Manifest,
     check_recipe,
     list_source,
-    write_parquet,
     write_summary,
 )
 from altclip.tables import Result
@@ -68,16 +66,6 @@ PLAN = ".plan.json"
 DIGEST = pa.field("digest", pa.string())  # a column of the parts' metadata and failures: each file's bytes
 LOCK = ".update.lock"
 RACY_NS = 2_000_000_000  # the coarsest common file-system clock (FAT): 2 s
-CHUNK = 1 << 20
-
-
-def content_digest(path: str | Path) -> str:
-    """BLAKE2b-128 of a file's bytes, read in chunks (what ``HashedFile`` records for a decoded file)."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -130,20 +118,30 @@ class Change:
     refreshed: dict[str, Entry] = field(default_factory=dict)
     new: int = 0
     changed: int = 0
-    deleted: int = 0
     unchanged: int = 0
     gone: set[str] = field(default_factory=set)  # keys no longer in the folder
 
+    @property
+    def deleted(self) -> int:
+        """Files gone from the folder whose bytes did not turn up under another name."""
+        return len(self.gone - set(self.moved.values()))
 
-def scan(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file of the folder (hidden ones skipped): key (its path under ``root``) -> (size, mtime_ns)."""
+
+def scan(source: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a folder (hidden ones skipped), keyed by its path under the folder, or of a file listing
+    paths, keyed by the path as listed (made absolute): (size, mtime_ns). A listed file that is missing is kept
+    as (-1, -1), to become a failure row; a folder's file gone between the walk and the stat is left out."""
     found = {}
-    for path in list_source(root):
+    folder = source.is_dir()
+    for path in list_source(source):
+        key = str(Path(path).relative_to(source)) if folder else path
         try:
             stat = os.stat(path)
         except OSError:
-            continue  # gone between the walk and the stat: as if never seen
-        found[str(Path(path).relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+            if not folder:
+                found[key] = (-1, -1)
+            continue
+        found[key] = (stat.st_size, stat.st_mtime_ns)
     return found
 
 
@@ -155,7 +153,6 @@ def classify(root: Path, state: State, folder: dict[str, tuple[int, int]], live:
             change.leave.add(key)
             if key not in folder:
                 change.gone.add(key)
-                change.deleted += 1
     for key, (size, mtime) in folder.items():
         entry = state.files.get(key)
         if entry is None or key in change.leave:
@@ -177,8 +174,9 @@ def classify(root: Path, state: State, folder: dict[str, tuple[int, int]], live:
 
 
 def _digest(path: Path) -> str:
+    """The digest the decoding workers record (``content_digest``), of a file read here; "" if it cannot be."""
     try:
-        return content_digest(path)
+        return content_digest(path.read_bytes())
     except OSError:
         return ""
 
@@ -201,7 +199,6 @@ def _find_moves(root: Path, state: State, change: Change, live: set[int], now_ns
                 del change.embed[key]
                 change.refreshed[key] = Entry(size, mtime, digest, -1, now_ns)  # its part is set at commit
                 change.new -= 1
-                change.deleted -= old in change.gone
                 break
 
 
@@ -300,8 +297,6 @@ def update_folder(
 
     started = time.perf_counter()
     group = group or distributed.Group()
-    if part_size < 1:
-        raise InputError(f"part_size must be at least 1, got {part_size}")
     out = Path(out)
     root = Path(recipe["source"])
     if not root.exists():
@@ -315,13 +310,13 @@ def update_folder(
         if group.main:
             collection, state = open_or_create(out, recipe, dim)
             now = time.time_ns()
-            change = classify(collection.base, state, scan_source(root), set(collection.finished_parts()), now)
+            change = classify(collection.base, state, scan(root), set(collection.finished_parts()), now)
             plan = make_plan(collection, state, change, part_size)
             plan.write(out)
             remove_unnamed(collection, set(state.parts) | set(plan.parts))
         group.barrier()
-        collection = Collection.open(out)
-        plan = Plan.read(out)  # type: ignore[assignment]
+        if not group.main:  # the others read what process 0 planned
+            collection, plan = Collection.open(out), Plan.read(out)  # type: ignore[assignment]
         todo = [p for p in sorted(plan.parts) if not collection.finished(p)]
         embed_parts(collection, plan, todo[group.rank :: group.world], embedder, batch_size, workers, progress, group)
         group.barrier()
@@ -348,21 +343,6 @@ def update_folder(
             lock.release()
 
 
-def scan_source(root: Path) -> dict[str, tuple[int, int]]:
-    """``scan`` of a folder; for a file listing paths, each listed path (keys are the paths as listed,
-    made absolute)."""
-    if root.is_dir():
-        return scan(root)
-    found = {}
-    for path in list_source(root):
-        try:
-            stat = os.stat(path)
-            found[path] = (stat.st_size, stat.st_mtime_ns)
-        except OSError:
-            found[path] = (-1, -1)  # listed but missing: a failure row, as before
-    return found
-
-
 def open_or_create(out: Path, recipe: dict[str, Any], dim: int) -> tuple[Collection, State]:
     """The collection in ``out`` and its state, after checking it was made by this recipe; a new one when
     ``out`` holds none (its manifest and an empty state are written first)."""
@@ -387,9 +367,8 @@ def embed_parts(
     workers: int,
     progress: bool,
     group: distributed.Group,
-) -> int:
-    """Embed this process's planned parts, writing each as soon as its last image is done; returns the images
-    decoded."""
+) -> None:
+    """Embed this process's planned parts (none is empty), writing each as soon as its last image is done."""
     root = collection.base
     batches: list[list[Task]] = []  # a batch never spans two parts: a vector does not depend on who embeds it
     keys: dict[int, list[str]] = {}
@@ -401,8 +380,6 @@ def embed_parts(
     desc = f"embedding (process {group.rank})" if group.world > 1 else "embedding"
     total = sum(len(batch) for batch in batches)
     with tqdm(total=total, unit="img", desc=desc, disable=not progress) as bar:
-        for part in [p for p in parts if not keys[p]]:
-            _write_part(collection, part, [], [], [])
         processor = embedder.processor.image_processor
         for records in image_batches(iter(batches), processor, workers, collection.manifest.draft):
             vectors = iter(v.astype(np.float16) for v in embedder.embed_records(records))
@@ -413,7 +390,6 @@ def embed_parts(
                     rows = sorted(done.pop(part), key=lambda item: item[0].index)
                     _write_embedded(collection, part, keys[part], rows)
             bar.update(len(records))
-    return total
 
 
 def _path(root: Path, key: str) -> Path:
@@ -428,8 +404,8 @@ def _write_embedded(collection: Collection, part: int, keys: list[str], rows: li
             failure = {"image_path": path, "key": key, "status": record.status, "error": record.error}
             failures.append({**failure, "digest": record.digest})
         else:
-            ok.append({"image_path": path, "key": key, "width": record.width, "height": record.height})
-            ok[-1]["digest"] = record.digest
+            row = {"image_path": path, "key": key, "width": record.width, "height": record.height}
+            ok.append({**row, "digest": record.digest})
             vectors.append(vector)
     _write_part(collection, part, ok, failures, vectors)
 
@@ -443,22 +419,24 @@ def _write_part(
 ) -> None:
     """A part's files, the metadata last (its existence marks the part finished). Beside the usual columns the
     metadata and the failures hold each file's ``digest``, which the commit records in the state."""
-    files, dim = collection.part_files(part), collection.dim
-    write_npy(files.img, np.stack(vectors) if vectors else np.zeros((0, dim), np.float16))
-    write_parquet(files.failures, pa.Table.from_pylist(failures, FAILURE_SCHEMA.append(DIGEST)))
     columns = {name: [r.get(name) for r in rows] for name in (*BASE_SCHEMA.names, "digest")}
-    write_parquet(files.metadata, pa.table(columns, schema=BASE_SCHEMA.append(DIGEST)))
+    collection.write_part(
+        part,
+        vectors,
+        pa.Table.from_pylist(failures, FAILURE_SCHEMA.append(DIGEST)),
+        pa.table(columns, schema=BASE_SCHEMA.append(DIGEST)),
+    )
 
 
 def commit(
     collection: Collection, state: State, change: Change, plan: Plan, part_size: int, now_ns: int
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Write the parts that lost rows again without them (with the moved rows), then the new ``files.json``;
     then delete what it no longer names. Returns (parts written, parts removed, the new generation: the same
     when no row changed)."""
     leaving = change.leave
-    touched = [p for p in state.parts if any(state.files[k].part == p for k in leaving)]
-    touched += [p for p in state.parts if not collection.finished(p) and p not in touched]
+    losing = {state.files[k].part for k in leaving}
+    touched = [p for p in state.parts if p in losing or not collection.finished(p)]
     next_part = plan.next_part
     files = {k: e for k, e in state.files.items() if k not in leaving}
     files.update({k: e for k, e in change.refreshed.items() if k not in change.moved})
@@ -507,7 +485,7 @@ def commit(
             files[key] = Entry(size, mtime, digests.get(key, ""), part, now_ns)
 
     kept = [p for p in state.parts if p not in touched]
-    same_rows = not (rewritten or touched or plan.parts)  # only stats refreshed: the vectors and their index stand
+    same_rows = not (touched or plan.parts)  # only stats refreshed: the vectors and their index stand
     generation = state.generation if same_rows and state.parts else state.generation + 1
     parts = sorted(kept + rewritten + list(plan.parts))  # by id, as readers that list the folder order them
     new_state = State(generation, next_part, parts, files)

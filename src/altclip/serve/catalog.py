@@ -134,16 +134,20 @@ class Catalog:
     def source(self, name: str, image_id: str | int) -> ImageSource:
         """The file (or tar member) behind an id of an index; anything but a row number of that index is
         ``NotFound``."""
-        served = self.get(name)
+        return self._source(self.get(name), image_id)
+
+    @staticmethod
+    def _source(served: ServedIndex, image_id: str | int) -> ImageSource:
         text = str(image_id)
         if not (text.isascii() and text.isdigit()) or int(text) >= len(served.index):
-            raise NotFound(f"index {name!r} has no image {text!r}")
+            raise NotFound(f"index {served.name!r} has no image {text!r}")
         return served.index.sources[int(text)]
 
     def thumbnail(self, name: str, image_id: str | int) -> bytes:
         """A JPEG of at most ``THUMBNAIL_SIDE`` pixels on its long side, cached (least recently used first out)."""
-        source = self.source(name, image_id)
-        key = (name, self.get(name).index.collection.generation, int(image_id))  # ids change with an update
+        served = self.get(name)  # once: an update swapped in meanwhile must not pair one state's id with another's
+        source = self._source(served, image_id)
+        key = (name, served.index.collection.generation, int(image_id))  # ids change with an update
         with self._lock:
             if key in self._thumbnails:
                 self._thumbnails.move_to_end(key)

@@ -49,6 +49,7 @@ STATIC = Path(__file__).parent / "static"
 CACHED = {"Cache-Control": "private, max-age=3600"}  # images of a collection change rarely
 PNG = {200: {"content": {"image/png": {}}}, 404: ERRORS[404]}
 JPEG = {200: {"content": {"image/jpeg": {}}}, 404: ERRORS[404]}
+DUPLICATES_KEPT = 8  # answers of /api/duplicates kept, oldest out
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Api:
         self.embedder, self.catalog, self.worker, self.metrics, self.limits = embedder, catalog, worker, metrics, limits
         self.image_processor = embedder.processor.image_processor
         self.page_html = (STATIC / "index.html").read_text(encoding="utf-8")
-        self._duplicates: dict[tuple[int, float], Duplicates] = {}  # (the served index, threshold) -> groups
+        self._duplicates: dict[tuple[str, int, float], Duplicates] = {}  # (index, its update, threshold) -> groups
 
     def register(self, app: FastAPI, security: list[Any]) -> None:
         """Put every route on ``app`` itself (not an included router), so that RecordMetrics sees each route's
@@ -117,12 +118,13 @@ class Api:
         served = self.catalog.get(index)
         if not 1 <= limit <= self.limits.max_k:
             raise InputError(f"limit must be between 1 and {self.limits.max_k}, got {limit}")
-        key = (id(served.index), threshold)
+        key = (served.name, served.index.collection.generation, threshold)
         found = self._duplicates.get(key)
         if found is None:
             found = await run_in_threadpool(find_duplicates, served.index, threshold)
-            self._duplicates = {k: v for k, v in self._duplicates.items() if k[0] == id(served.index)}
             self._duplicates[key] = found
+            while len(self._duplicates) > DUPLICATES_KEPT:
+                self._duplicates.pop(next(iter(self._duplicates)))
         root = request.scope.get("root_path", "")
         groups = [{"images": [result(root, served.name, hit) for hit in g.hits()]} for g in found.groups[:limit]]
         summary = {k: v for k, v in found.to_json().items() if k != "groups"}
