@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/update.py --images 2000 --json
 
 A folder of small JPEGs (each one distinct) is embedded whole by ``altclip embed``'s code path (worker
-processes decoding, parts written, then the exact index, rebuilt only when the rows changed), then changed and
+processes decoding, parts written, then the index: ``--index flat``, what ``auto`` picks at this size, or
+``hnsw``, updated in place where it can be, see ``altclip.search.index.update_index``), then changed and
 updated, each step timed and its bytes written counted (every file of a collection is written whole, a
 temporary file then a rename, so the bytes written are the sizes of the files that are new or newer):
 
@@ -39,7 +40,7 @@ from altclip.embedder import Embedder
 from altclip.processing.tokenization import train_sentencepiece
 from altclip.runtime.hardware import detect_cpu
 from altclip.search.collection import embed_collection
-from altclip.search.index import build_index, current_index
+from altclip.search.index import update_index
 from altclip.tables import format_table
 
 CONFIG = {
@@ -102,13 +103,13 @@ def age(paths: list[Path]) -> None:
         os.utime(path, (then, then))
 
 
-def measure(step: str, run) -> dict[str, Any]:
+def measure(step: str, run, kind: str) -> dict[str, Any]:
     listed, start = files(run.out) if run.out.exists() else {}, time.perf_counter()
     summary = run()
     seconds = time.perf_counter() - start
     embedded = files(run.out)
     index_start = time.perf_counter()
-    current_index(run.out) or build_index(run.out, kind="flat")  # as `altclip embed` does
+    info = update_index(run.out, kind=kind)  # as `altclip embed` does
     index_seconds = time.perf_counter() - index_start
     indexed = files(run.out)
 
@@ -122,6 +123,7 @@ def measure(step: str, run) -> dict[str, Any]:
         "embed_bytes": written(listed, {p: v for p, v in embedded.items() if not index_file(p)}),
         "index_seconds": round(index_seconds, 2),
         "index_bytes": written(embedded, {p: v for p, v in indexed.items() if index_file(p)}),
+        "index": "kept" if not written(embedded, indexed) else "in place" if info.last_update else info.built_because,
         "decoded": update.get("embedded", 0),
         "counts": {k: update.get(k) for k in ("new", "changed", "deleted", "moved", "unchanged")},
         "parts_written": update.get("parts_written"),
@@ -143,6 +145,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--changed", type=float, default=0.01, help="the share of the folder each update changes")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--index", choices=("flat", "hnsw"), default="flat", help="the index kind kept up to date")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -153,12 +156,12 @@ def main() -> int:
         paths = make_folder(root / "photos", args.images, seed=0)
         age(paths)
         run = Embed(embedder, root / "photos", root / "emb", str(model), args.workers)
-        rows.append(measure("full embed", run))
-        rows.append(measure("nothing changed", run))
+        rows.append(measure("full embed", run, args.index))
+        rows.append(measure("nothing changed", run, args.index))
         count = max(4, int(args.images * args.changed))
         new = make_folder(root / "photos" / "today", count, seed=1)
         age(new)
-        rows.append(measure(f"a day's photos ({count} new)", run))
+        rows.append(measure(f"a day's photos ({count} new)", run, args.index))
         rng = random.Random(0)
         chosen = rng.sample(paths, count // 2)
         edited, deleted = chosen[: count // 4], chosen[count // 4 :]
@@ -169,7 +172,7 @@ def main() -> int:
             path.unlink()
         added = make_folder(root / "photos" / "tomorrow", count - len(chosen), seed=3)
         age(edited + added)
-        rows.append(measure(f"{args.changed:.0%} mixed, at random", run))
+        rows.append(measure(f"{args.changed:.0%} mixed, at random", run, args.index))
         shutil.rmtree(root / "photos")
     full = rows[0]
     for row in rows:
@@ -177,10 +180,11 @@ def main() -> int:
         row["bytes_vs_full"] = round(row["embed_bytes"] / max(1, full["embed_bytes"]), 4)
     cpu = detect_cpu().describe()
     if args.json:
-        print(json.dumps({"cpu": cpu, "images": args.images, "rows": rows}, indent=2))
+        print(json.dumps({"cpu": cpu, "images": args.images, "index": args.index, "rows": rows}, indent=2))
         return 0
     print(f"CPU: {cpu}; {args.images} photos of 320x240, decoded by {args.workers} worker processes")
-    headers = ["step", "decoded", "embed s", "x full", "MB written", "x full", "index s", "index MB"]
+    print(f"index: {args.index}")
+    headers = ["step", "decoded", "embed s", "x full", "MB written", "x full", "index s", "index MB", "index"]
     table = [
         [
             row["step"],
@@ -191,6 +195,7 @@ def main() -> int:
             f"{row['bytes_vs_full']:.3f}",
             f"{row['index_seconds']:.1f}",
             f"{row['index_bytes'] / 1e6:.1f}",
+            row["index"],
         ]
         for row in rows
     ]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from altclip.search.collection import Collection, embed_collection, write_vectors
-from altclip.search.index import SearchIndex, build_index, choose_index, exact_search
+from altclip.search import index
+from altclip.search.collection import FAILURE_SCHEMA, Collection, Item, embed_collection, metadata_table, write_vectors
+from altclip.search.index import SearchIndex, build_index, choose_index, exact_search, update_index
 from altclip.tasks import Embedder
 
 
@@ -85,7 +87,7 @@ def test_choice_errors():
     with pytest.raises(ValueError, match=r"need at least 32\.2 GB as IVF-PQ; --memory 100 MB is too small"):
         choose_index(1_000_000_000, 768, 10**8)
     with pytest.raises(
-        ValueError, match=r"a flat index of 10,000,000 vectors needs about 30\.7 GB, more than --memory 4\.29 GB"
+        ValueError, match=r"a flat index of 10,000,000 vectors needs about 30\.8 GB, more than --memory 4\.29 GB"
     ):
         choose_index(10_000_000, 768, 4 * GIB, "flat")
     with pytest.raises(ValueError, match="index kind 'lsh' is not one of auto, flat, hnsw, ivfpq"):
@@ -205,3 +207,118 @@ def test_search_unique_equals_a_naive_reference(collection_folder, threshold, k)
     assert [h.path for h in hits] == [index.paths[i] for i in expected]
     if threshold > 1:
         assert dropped == 0 and len(hits) == min(k, len(index))
+
+
+def replace_parts(folder: Path, drop: list[int], add: dict[int, np.ndarray]) -> None:
+    """What an update of a folder collection does to its parts: some leave, new ones come with fresh ids."""
+    collection = Collection.open(folder)
+    for part, vectors in add.items():
+        paths = [f"{part}/{i}" for i in range(len(vectors))]
+        metadata = metadata_table([(Item(p, p, None), 0, 0) for p in paths])
+        collection.write_part(part, list(vectors), FAILURE_SCHEMA.empty_table(), metadata)
+    parts = sorted({*collection.parts, *add} - set(drop))
+    state = {"generation": collection.generation + 1, "next_part": max(parts) + 1, "parts": parts, "files": {}}
+    (folder / "files.json").write_text(json.dumps(state))
+
+
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    shutil.copytree(folder, tmp_path / "copy")
+    shutil.rmtree(tmp_path / "copy" / "index")
+    return tmp_path / "copy"
+
+
+def test_an_exact_index_updated_in_place_equals_a_fresh_one(tmp_path):
+    out = tmp_path / "out"
+    write_vectors(out, np.array_split(clustered(900, 32, seed=2), 3), 3, 32, "synthetic")
+    built = build_index(out, kind="flat")
+    assert built.parts == [[0, 300], [1, 300], [2, 300]] and built.built_because == "built"
+    replace_parts(out, drop=[1], add={3: clustered(120, 32, seed=3), 4: clustered(50, 32, seed=4)})
+    with pytest.raises(ValueError, match="the index was built for update 0 of the collection, which is at update 1"):
+        SearchIndex(out)
+
+    info = update_index(out, kind="flat")
+    assert info.built_because == "built" and info.updates_in_place == 1 and info.count == 770
+    assert info.last_update["added"] == 170 and info.last_update["removed"] == 300 and info.recall_at_10 == 1.0
+    assert json.loads((out / "index" / "index.json").read_text())["updates_in_place"] == 1
+    assert update_index(out, kind="flat") == info  # nothing changed since: kept as it is
+
+    fresh = copy_of(out, tmp_path)
+    build_index(fresh, kind="flat")
+    queries = clustered(20, 32, seed=5)
+    vectors = Collection.open(out).embeddings().astype(np.float32)
+    expected = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]  # the naive reference
+    ours, theirs = SearchIndex(out).search(queries, k=10), SearchIndex(fresh).search(queries, k=10)
+    for a, b, best in zip(ours, theirs, expected, strict=True):
+        assert [h.path for h in a] == [h.path for h in b] == [SearchIndex(out).paths[i] for i in best]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-6)
+
+
+def test_ivf_adds_in_place_until_it_would_drift(tmp_path):
+    out = tmp_path / "out"
+    vectors = clustered(7000, 32, seed=6)  # one distribution: 3,000 at first, more of the same later
+    write_vectors(out, np.array_split(vectors[:3000], 3), 3, 32, "synthetic")
+    built = build_index(out, kind="ivfpq", memory="10MB")
+    assert built.kind == "ivfpq" and built.trained_on
+    replace_parts(out, drop=[], add={3: vectors[3000:3300]})
+    info = update_index(out, kind="ivfpq", memory="10MB")
+    assert info.updates_in_place == 1 and info.changed_since_build == 300 and info.count == 3300
+    assert info.recall_queries["count"] == 330 and info.recall_at_build == built.recall_at_10  # measured again
+    stored = Collection.open(out).embeddings().astype(np.float32)
+    hits = SearchIndex(out).search(stored[3000:], k=10)  # the new part's vectors are found where they are
+    assert sum(3000 + i in {h.id for h in found} for i, found in enumerate(hits)) >= 285
+
+    replace_parts(out, drop=[], add={4: vectors[3300:7000]})  # 4,000 of 7,000 unseen by its training
+    drifted = update_index(out, kind="ivfpq", memory="10MB")
+    assert (
+        drifted.updates_in_place == 0
+        and "4,000 of its 7,000 vectors changed since its training" in drifted.built_because
+    )
+    replace_parts(out, drop=[3], add={})
+    removed = update_index(out, kind="ivfpq", memory="10MB")
+    assert removed.updates_in_place == 0 and "cannot remove" in removed.built_because and removed.count == 6700
+
+
+def test_hnsw_adds_in_place_and_is_built_again_when_vectors_leave(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    write_vectors(out, np.array_split(clustered(600, 32, seed=8), 2), 2, 32, "synthetic")
+    build_index(out, kind="hnsw")
+    replace_parts(out, drop=[], add={2: clustered(100, 32, seed=9)})
+    added = update_index(out, kind="hnsw")
+    assert added.updates_in_place == 1 and added.count == 700 and added.recall_at_10 >= 0.95
+    replace_parts(out, drop=[0], add={})
+    rebuilt = update_index(out, kind="hnsw")
+    assert rebuilt.updates_in_place == 0 and "cannot remove" in rebuilt.built_because and rebuilt.count == 400
+
+    def poor(*args):
+        return {"efSearch": 512}, 0.9
+
+    monkeypatch.setattr(index, "tune", poor)  # below the target, where the build reached it
+    replace_parts(out, drop=[], add={5: clustered(10, 32, seed=11)})
+    fallen = update_index(out, kind="hnsw")
+    assert fallen.updates_in_place == 0 and fallen.built_because.startswith("built again: recall@10 fell to 0.900")
+    monkeypatch.undo()
+    replace_parts(out, drop=[], add={3: clustered(10_000, 32, seed=10)})
+    grown = update_index(out, kind="auto", exact_max=5_000)  # past exact search's size: the kind auto picks
+    assert grown.kind == "hnsw" and grown.updates_in_place == 1
+    shrunk = update_index(out, kind="flat")
+    assert shrunk.kind == "flat" and shrunk.built_because == "built again: flat search asked for, not hnsw"
+    replace_parts(out, drop=[], add={6: clustered(10, 32, seed=12)})
+    regrown = update_index(out, kind="auto", exact_max=5_000)
+    assert (
+        regrown.kind == "hnsw" and regrown.built_because == "built again: 10,420 vectors call for hnsw search, not flat"
+    )
+
+
+def test_an_index_file_that_index_json_does_not_describe_is_not_trusted(tmp_path):
+    """As between ``save_index``'s two renames: the file of one update beside the description of another."""
+    out = tmp_path / "out"
+    write_vectors(out, [clustered(100, 32, seed=13)], 1, 32, "synthetic")
+    build_index(out, kind="flat")
+    recorded = json.loads((out / "index" / "index.json").read_text())
+    (out / "index" / "index.json").write_text(json.dumps({**recorded, "file_bytes": recorded["file_bytes"] + 8}))
+    with pytest.raises(ValueError, match=r"the index file is not the one index\.json describes"):
+        SearchIndex(out)
+    replace_parts(out, drop=[], add={1: clustered(10, 32, seed=14)})
+    rebuilt = update_index(out, kind="flat")
+    assert rebuilt.updates_in_place == 0 and "its file did not match" in rebuilt.built_because
+    assert len(SearchIndex(out)) == 110

@@ -25,7 +25,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from altclip.runtime import distributed
     from altclip.runtime.loading import DEFAULT_MODEL
     from altclip.search.collection import embed_collection
-    from altclip.search.index import build_index, current_index
+    from altclip.search.index import update_index
 
     model, revision = resolve_model(args.model or DEFAULT_MODEL)  # the same from any folder, and after hub pushes
     group = distributed.setup(args.device)  # torchrun: one process per device
@@ -49,10 +49,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if summary is None:  # not process 0
             return 0
         summary.precision = embedder.precision.to_json()
-        if summary.embedded and not args.no_index:  # an index still true to the collection is kept
-            summary.index = current_index(args.out) or build_index(
-                args.out, kind=args.kind, memory=args.memory, exact_max=args.exact_max
-            )
+        if summary.embedded and not args.no_index:  # kept, updated in place or built (``update_index``)
+            summary.index = update_index(args.out, kind=args.kind, memory=args.memory, exact_max=args.exact_max)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished parts are kept in {args.out}: run the same command to resume", file=sys.stderr)
         return 130

@@ -97,7 +97,7 @@ def find_duplicates(
     for start in range(0, count, BATCH):
         rows = np.arange(start, min(count, start + BATCH))
         vectors = index.vectors(rows.tolist())  # the stored vectors, exact
-        scores, ids = index.index.search(np.ascontiguousarray(vectors, dtype=np.float32), wanted)
+        scores, ids = index.search_rows(vectors, wanted)
         for row, found, near in zip(rows, ids, scores, strict=True):
             for other, score in zip(found, near, strict=True):
                 if other >= 0 and other != row and score >= threshold:

@@ -14,16 +14,34 @@ Vectors are unit length, so inner product is cosine similarity. Kinds, built wit
 
 ``auto`` takes ``flat`` up to ``EXACT_MAX`` vectors, ``hnsw`` up to ``HNSW_MAX`` when it fits the budget, and
 ``ivfpq`` beyond. A trained index learns from a sample of the vectors; then every part is added in turn,
-read memory-mapped, so the vectors are never all in memory. Its search parameter (HNSW's efSearch, IVF's
+read memory-mapped, so the vectors are never all in memory. Each vector's id in the index is its part's id
+and its row in the part (``vector_ids``), which an update of the collection leaves alone: parts never change
+once written, an update writes new ones and drops the ones it replaced. Its search parameter (HNSW's efSearch, IVF's
 nprobe) is tuned on held-out queries: the smallest value whose recall@10 against exact search reaches
 ``RECALL_TARGET``. The queries are the collection's caption vectors when it has them (real cross-modal
 queries, none in the index), otherwise images left out of the training sample, each left out of its own
 results too. ``index/index.json`` records
 the kind, factory string, parameters, estimated memory and the measured recall@10.
+
+**Updates** (``update_index``, after a folder collection's update): the index drops the vectors of the parts
+that left the collection and adds those of the new parts, in place, then measures its recall again and
+re-tunes its search parameter when the recall fell below the target. It is built again instead when:
+
+* the kind ``auto`` chooses for the new size differs (the collection outgrew flat search, say);
+* parts left and the index cannot remove vectors in place, which only flat search can (``removable``);
+* a trained index (IVF-PQ) would drift: more vectors added and removed since its training than
+  ``DRIFT_SHARE`` of those it would hold, so that its lists and codes, learnt from other data, may no longer fit;
+* it reached ``RECALL_TARGET`` when it was built, and its recall@10, measured again after the update with the
+  search parameter re-tuned, fell more than ``RECALL_SLACK`` below it (an index whose codes could not reach
+  the target in the memory budget is held to the share rule alone: its recall moves with the queries);
+* the index predates part ids, or its file does not match its ``index.json``.
+
+``index.json`` says which (``built_because``), and counts the updates made in place since the build.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -48,6 +66,10 @@ IVFPQ_MIN = 39 * 16  # FAISS's k-means wants 39 points per centroid, and each 4-
 TRAIN_PER_LIST, TRAIN_MAX = 40, 163_840  # training sample: vectors per inverted list, and at most
 ADD_BLOCK = 32_768  # vectors converted to float32 and added at a time
 INDEX_FILE, INDEX_INFO = "faiss.index", "index.json"
+ROW_BITS = 32  # a vector's id: its part's id above these bits, its row in the part below
+ID_BYTES = 8  # the id map's memory per vector
+DRIFT_SHARE = 0.5  # a trained index is built again once its vectors changed by this share since its training
+RECALL_SLACK = 0.02  # an index updated in place may fall this far below RECALL_TARGET, not further
 
 
 @dataclass
@@ -77,6 +99,12 @@ class IndexInfo(Result):
     file_bytes: int
     opq_check: dict[str, Any] | None = None  # with and without OPQ's rotation, where it was tried
     generation: int = 0  # the collection's update it indexes (``Collection.generation``)
+    parts: list[list[int]] | None = None  # [part id, vectors] of the parts it holds (None: ids are rows)
+    built_because: str = "built"  # why the last full build happened
+    recall_at_build: float | None = None  # recall@10 when it was built
+    updates_in_place: int = 0  # updates since the build that added and removed vectors in place
+    changed_since_build: int = 0  # vectors added and removed in place since the build
+    last_update: dict[str, Any] | None = None  # the last in-place update: added, removed, seconds
 
     @property
     def exact(self) -> bool:
@@ -113,7 +141,7 @@ def ivfpq_choices(count: int, dim: int) -> list[Choice]:
             continue
         rotate = f"OPQ{m}," if per_code >= 8 else ""
         factory = f"{rotate}IVF{lists},PQ{m}x4fs" + (",Refine(SQ8)" if refine else "")
-        per_vector = m // 2 + 8 + (dim if refine else 0)  # codes, id, re-ranking codes
+        per_vector = m // 2 + 8 + (dim + ID_BYTES if refine else 0)  # codes, id, re-ranking codes and their id map
         why = f"{per_code} dimensions per 4-bit code" + (", re-ranked with 8-bit codes" if refine else "")
         choices.append(Choice("ivfpq", factory, count * per_vector + centroids, why))
     return choices
@@ -125,8 +153,8 @@ def choose_index(count: int, dim: int, memory: int, kind: str = "auto", exact_ma
         raise InputError(f"index kind {kind!r} is not one of {', '.join(KINDS)}")
     if kind == "ivfpq" and count < IVFPQ_MIN:
         raise InputError(f"IVF-PQ needs at least {IVFPQ_MIN} vectors to train its codes, not {count}; use --kind flat")
-    flat = Choice("flat", "Flat", count * dim * 4, "exact search")
-    hnsw = Choice("hnsw", f"HNSW{HNSW_LINKS}", count * (dim * 4 + HNSW_LINKS * 2 * 4 + 16), "graph search")
+    flat = Choice("flat", "Flat", count * (dim * 4 + ID_BYTES), "exact search")
+    hnsw = Choice("hnsw", f"HNSW{HNSW_LINKS}", count * (dim * 4 + HNSW_LINKS * 2 * 4 + 16 + ID_BYTES), "graph search")
     ivfpq = ivfpq_choices(count, dim)
     fitting = [c for c in ivfpq if c.bytes <= memory and count >= IVFPQ_MIN]
     if kind == "flat" or (kind == "auto" and count <= exact_max and flat.bytes <= memory):
@@ -162,8 +190,10 @@ def build_index(
     memory: int | str = DEFAULT_MEMORY,
     exact_max: int = EXACT_MAX,
     seed: int = 0,
+    because: str = "built",
 ) -> IndexInfo:
-    """Index every embedded image of a collection folder; returns what was recorded in index.json."""
+    """Index every embedded image of a collection folder; returns what was recorded in index.json
+    (``because``: why it was built, recorded as ``built_because``)."""
     import faiss
 
     started = time.perf_counter()
@@ -192,13 +222,15 @@ def build_index(
         faiss.downcast_index(index).hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     if "Refine" in choice.factory:
         reserve_codes(faiss.downcast_index(index.refine_index), count)
+    if not native_ids(choice.factory):
+        index = faiss.IndexIDMap(index)
+    ids = vector_ids(collection)
+    start = 0
     for vectors in collection.blocks(block=ADD_BLOCK):  # a block of a part at a time
-        index.add(vectors.astype(np.float32))
+        index.add_with_ids(vectors.astype(np.float32), ids[start : start + len(vectors)])
+        start += len(vectors)
 
-    params, recall = tune(index, choice, truth)
-    target = collection.folder / "index"
-    with atomic_path(target / INDEX_FILE) as tmp:
-        faiss.write_index(index, str(tmp))
+    params, recall = tune(index, choice, truth, ids)
     info = IndexInfo(
         kind=choice.kind,
         factory=choice.factory,
@@ -213,20 +245,127 @@ def build_index(
         memory_budget_bytes=budget,
         estimated_bytes=choice.bytes,
         build_seconds=round(time.perf_counter() - started, 1),
-        file_bytes=(target / INDEX_FILE).stat().st_size,
+        file_bytes=0,
         generation=collection.generation,
+        parts=part_counts(collection),
+        built_because=because,
+        recall_at_build=round(recall, 4),
     )
+    return save_index(collection, index, info)
+
+
+def save_index(collection: Collection, index: Any, info: IndexInfo) -> IndexInfo:
+    """The index file, then ``index.json`` naming it, each atomically: a reader sees the old pair or the new
+    one (``SearchIndex`` refuses a file whose size ``index.json`` does not give)."""
+    import faiss
+
+    target = collection.folder / "index"
+    with atomic_path(target / INDEX_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
+    info.file_bytes = (target / INDEX_FILE).stat().st_size
     write_json(target / INDEX_INFO, info.to_json())
     return info
 
 
-def current_index(folder: str | Path) -> IndexInfo | None:
-    """What ``index.json`` records, when the index was built for the collection as it is now; else None."""
-    path = Path(folder) / "index" / INDEX_INFO
-    if not path.is_file() or not (path.parent / INDEX_FILE).is_file():
-        return None
-    info = IndexInfo.from_json(read_json(path))
-    return info if info.generation == Collection.open(folder).generation else None
+def native_ids(factory: str) -> bool:
+    """Whether an index of this factory string keeps ids of its own (IVF's lists); others are wrapped in
+    FAISS's id map. IVF's re-ranking wrapper (``Refine``) takes no ids."""
+    return "IVF" in factory and "Refine" not in factory
+
+
+def removable(factory: str) -> bool:
+    """Whether vectors can leave such an index in place. Flat search: yes. FAISS's HNSW graph cannot remove, nor
+    can IVF's re-ranking wrapper (``Refine``); IVF's 4-bit fast-scan lists do remove, but in FAISS 1.15.1 the
+    vectors added after a removal were then mostly not found (a vector's own query: 38% found among its 10
+    best, against 100% without the removal), so they are treated as unable to."""
+    return not factory.startswith("HNSW") and "Refine" not in factory and "fs" not in factory
+
+
+def part_counts(collection: Collection) -> list[list[int]]:
+    """[part id, vectors] of each finished part, in vector order (from the .npy headers)."""
+    maps = collection.part_embeddings(cached=False)
+    return [[part, len(v)] for part, v in zip(collection.finished_parts(), maps, strict=True)]
+
+
+def vector_ids(collection: Collection) -> np.ndarray:
+    """(count,) int64: each vector's id in the index, in vector order (increasing, as the parts' ids are)."""
+    return ids_of(part_counts(collection))
+
+
+def ids_of(parts: list[list[int]]) -> np.ndarray:
+    blocks = [(part << ROW_BITS) + np.arange(rows, dtype=np.int64) for part, rows in parts]
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+
+
+def rows_of(found: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Ids the index returned (-1: none) as rows of the collection (-1 where none)."""
+    rows = np.searchsorted(ids, found)
+    return np.where(found >= 0, rows, -1)
+
+
+def update_index(
+    folder: str | Path,
+    kind: str = "auto",
+    memory: int | str = DEFAULT_MEMORY,
+    exact_max: int = EXACT_MAX,
+    seed: int = 0,
+) -> IndexInfo:
+    """Bring a collection's index to the collection's current parts: in place where FAISS can, else built
+    again (the module docstring says when). Returns what ``index.json`` records."""
+    import faiss
+
+    started = time.perf_counter()
+    collection = Collection.open(folder)
+    target = collection.folder / "index"
+    rebuild = functools.partial(build_index, folder, kind, memory, exact_max, seed)
+    if not (target / INDEX_INFO).is_file() or not (target / INDEX_FILE).is_file():
+        return rebuild(because="built: the collection had no index")
+    info = IndexInfo.from_json(read_json(target / INDEX_INFO))
+    current = part_counts(collection)
+    if kind not in ("auto", info.kind):
+        return rebuild(because=f"built again: {kind} search asked for, not {info.kind}")
+    if info.generation == collection.generation and info.parts in (None, current):
+        return info  # still true to the collection
+    count = sum(rows for _, rows in current)
+    if count == 0:
+        raise InputError(f"{folder} holds no embedded images to index")
+    if info.parts is None or info.file_bytes != (target / INDEX_FILE).stat().st_size:
+        return rebuild(because="built again: the index had no part ids, or its file did not match index.json")
+    choice = choose_index(count, collection.dim, parse_size(memory, "--memory"), kind, exact_max)
+    if choice.kind != info.kind:
+        return rebuild(because=f"built again: {count:,} vectors call for {choice.kind} search, not {info.kind}")
+    old, new = dict(map(tuple, info.parts)), dict(map(tuple, current))
+    gone, added = [p for p in old if p not in new], [p for p in new if p not in old]
+    removed_rows, added_rows = sum(old[p] for p in gone), sum(new[p] for p in added)
+    if gone and not removable(info.factory):
+        replaced = f"parts of {removed_rows:,} vectors were replaced"
+        return rebuild(because=f"built again: {replaced}, and {info.factory} cannot remove vectors")
+    changed = info.changed_since_build + removed_rows + added_rows
+    if info.trained_on and changed > DRIFT_SHARE * count:
+        return rebuild(because=f"built again: {changed:,} of its {count:,} vectors changed since its training")
+
+    index = faiss.read_index(str(target / INDEX_FILE))
+    if gone:
+        index.remove_ids(faiss.IDSelectorBatch(ids_of([[p, old[p]] for p in gone])))
+    for part in added:
+        vectors = np.load(collection.part_files(part).img).astype(np.float32)
+        index.add_with_ids(vectors, ids_of([[part, len(vectors)]]))
+    ids = vector_ids(collection)
+    queries, query_rows, query_source = held_out_queries(collection, count, seed)
+    truth = Truth(collection, queries, query_rows, *exact_search(collection, queries, RECALL_K + 1))
+    params, recall = tune(index, Choice(info.kind, info.factory, 0, info.why), truth, ids)
+    floor = RECALL_TARGET - RECALL_SLACK
+    if (info.recall_at_build or 0.0) >= RECALL_TARGET and recall < floor:
+        del index
+        return rebuild(because=f"built again: recall@10 fell to {recall:.3f} in place, below {floor:.3f}")
+    info.count, info.params, info.recall_at_10 = count, params, round(recall, 4)
+    info.recall_queries = {"count": len(queries), "source": query_source}
+    info.generation, info.parts = collection.generation, current
+    info.updates_in_place += 1
+    info.changed_since_build = changed
+    seconds = round(time.perf_counter() - started, 2)
+    info.last_update = {"added": added_rows, "removed": removed_rows, "seconds": seconds, "in_place": True}
+    return save_index(collection, index, info)
 
 
 OPQ_CHECK_QUERIES, OPQ_CHECK_NPROBE = 200, 16
@@ -355,12 +494,17 @@ class Truth:
         return float(np.mean(hits / k))
 
 
-def tune(index: Any, choice: Choice, truth: Truth) -> tuple[dict[str, int], float]:
-    """The cheapest search parameter reaching ``RECALL_TARGET`` (or the most accurate tried) and its recall."""
+def tune(index: Any, choice: Choice, truth: Truth, ids: np.ndarray) -> tuple[dict[str, int], float]:
+    """The cheapest search parameter reaching ``RECALL_TARGET`` (or the most accurate tried) and its recall;
+    ``ids``: each row's id in the index (``vector_ids``)."""
     k = min(RECALL_K, index.ntotal - (1 if len(truth.rows) else 0))
     fetch = min(index.ntotal, k + 1)
+
+    def found() -> np.ndarray:
+        return rows_of(index.search(truth.queries, fetch)[1], ids)
+
     if choice.kind == "flat":
-        return {}, truth.recall(index.search(truth.queries, fetch)[1], k)
+        return {}, truth.recall(found(), k)
     if choice.kind == "hnsw":
         name, values = "efSearch", [16, 32, 64, 128, 256, 512]
     else:
@@ -371,7 +515,7 @@ def tune(index: Any, choice: Choice, truth: Truth) -> tuple[dict[str, int], floa
         if "Refine" in choice.factory:
             params["k_factor"] = REFINE_K_FACTOR
         apply_params(index, params)
-        recall = truth.recall(index.search(truth.queries, fetch)[1], k)
+        recall = truth.recall(found(), k)
         if recall >= RECALL_TARGET:
             break
     return params, recall
@@ -383,7 +527,10 @@ def apply_params(index: Any, params: dict[str, int]) -> None:
 
     for name, value in params.items():
         if name == "k_factor":
-            faiss.downcast_index(index).k_factor = value
+            inner = faiss.downcast_index(index)
+            if isinstance(inner, faiss.IndexIDMap):
+                inner = faiss.downcast_index(inner.index)
+            inner.k_factor = value
         else:
             faiss.ParameterSpace().set_index_parameter(index, name, value)
 
@@ -414,8 +561,10 @@ class SearchIndex:
         if not path.is_file():
             raise MissingFileError(f"{folder} has no index yet; run `altclip index {folder}`")
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        self.index = faiss.read_index(str(path), flags)
         self.info = IndexInfo.from_json(read_json(path.parent / INDEX_INFO))
+        if self.info.file_bytes and path.stat().st_size != self.info.file_bytes:  # between ``save_index``'s renames
+            raise InputError(f"{folder}: the index file is not the one index.json describes; it is being written")
+        self.index = faiss.read_index(str(path), flags)
         apply_params(self.index, self.info.params)
         if self.info.generation != self.collection.generation:
             raise InputError(
@@ -423,6 +572,13 @@ class SearchIndex:
                 f"update {self.collection.generation}; rebuild it with `altclip index {folder}`"
             )
         self.collection.part_embeddings()  # mapped now: an update may delete these files while this index serves
+        self.ids = None  # an index from before part ids: its ids are rows
+        if self.info.parts is not None:
+            if self.info.parts != part_counts(self.collection):
+                raise InputError(
+                    f"{folder}: the index holds other parts than the collection; rebuild it: `altclip index {folder}`"
+                )
+            self.ids = vector_ids(self.collection)
         self.sources = self.collection.image_sources()  # where each image can be read
         self.paths = [s.path if isinstance(s, TarMember) else s for s in self.sources]
         if len(self.paths) != self.index.ntotal:
@@ -436,18 +592,23 @@ class SearchIndex:
 
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """(queries, dim) unit vectors -> the k best images for each, best first."""
-        if k < 1:
-            raise InputError(f"k must be at least 1, got {k}")
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        scores, ids = self.index.search(queries, min(k, self.index.ntotal))
+        scores, rows = self.search_rows(queries, k)
         return [
             [
                 Hit(rank + 1, float(s), self.paths[i], int(i))
                 for rank, (s, i) in enumerate(zip(row_s, row_i, strict=True))
                 if i >= 0
             ]
-            for row_s, row_i in zip(scores, ids, strict=True)
+            for row_s, row_i in zip(scores, rows, strict=True)
         ]
+
+    def search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(queries, k) scores and the collection's rows (-1: none) of the k best images for each query."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        scores, found = self.index.search(queries, min(k, self.index.ntotal))
+        return scores, (found if self.ids is None else rows_of(found, self.ids))
 
     def search_unique(
         self, query: np.ndarray, k: int = 10, threshold: float = DEDUP_THRESHOLD
