@@ -21,7 +21,7 @@ from altclip.data import imagefiles
 from altclip.embedder import Embedder
 from altclip.search.collection import Collection, embed_collection
 from altclip.search.index import SearchIndex, build_index, update_index
-from altclip.search.update import RACY_NS, Entry
+from altclip.search.update import RACY_NS, State
 from tests.conftest import BROKEN, draw, make_image_folder
 
 
@@ -114,8 +114,8 @@ def test_an_update_equals_a_fresh_embed_of_the_final_folder(tmp_path, altclip_ch
     fresh = tmp_path / "fresh"
     embed_collection(folder, fresh, embedder, "m", workers=0, part_size=5, progress=False)
     assert_same_collection(out, fresh)
-    state = json.loads((out / "files.json").read_text())
-    assert done["deleted"] not in state["files"] and Entry(*state["files"][done["renamed"]]).digest
+    state = State.read(out)
+    assert done["deleted"] not in state.files and state.files[done["renamed"]].digest
 
     from embedding_reader import EmbeddingReader  # clip-retrieval's reader: the parts as it lists them
 
@@ -144,7 +144,7 @@ def test_a_racy_entry_is_checked_by_its_bytes(tmp_path, altclip_checkpoint):
     draw((200, 30, 30), "circle").save(folder / "a.png")
     embedder = Embedder.from_pretrained(altclip_checkpoint, batch_size=4)
     embed_collection(folder, tmp_path / "emb", embedder, "m", workers=0, progress=False)
-    entry = Entry(*json.loads((tmp_path / "emb" / "files.json").read_text())["files"]["a.png"])
+    entry = State.read(tmp_path / "emb").files["a.png"]
     assert entry.racy and entry.checked_ns - entry.mtime_ns < RACY_NS
     stat = (folder / "a.png").stat()
     draw((30, 200, 30), "circle").save(folder / "a.png")  # same size (the same PNG layout), other pixels
@@ -154,6 +154,39 @@ def test_a_racy_entry_is_checked_by_its_bytes(tmp_path, altclip_checkpoint):
     assert update.update["changed"] == 1
     expected = embedder.embed_images([folder / "a.png"]).numpy()
     np.testing.assert_allclose(Collection.open(tmp_path / "emb").embeddings().astype(np.float32), expected, atol=2e-3)
+
+
+def test_new_photos_write_their_own_entries_only(tmp_path, altclip_checkpoint):
+    """The state is kept per part, each file named by its content: new photos write their part's entries and a
+    short files.json; the other parts' entries stay as they were. The first layout-4 files.json still reads."""
+    folder = make_image_folder(tmp_path / "photos", good=12, seed=8, broken=False)
+    age(folder)
+    embedder = Embedder.from_pretrained(altclip_checkpoint, batch_size=4)
+    out = tmp_path / "emb"
+    embed_collection(folder, out, embedder, "m", workers=0, part_size=5, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "state").iterdir()}
+    assert len(before) == 3 and "files" not in json.loads((out / "files.json").read_text())
+
+    make_image_folder(folder / "today", good=2, seed=9, broken=False)
+    age(folder / "today")
+    update = embed_collection(folder, out, embedder, "m", workers=0, part_size=5, progress=False)
+    assert update.update["new"] == 2
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "state").iterdir()}
+    assert {k: v for k, v in after.items() if k in before} == before and len(after) == 4
+    assert (out / "files.json").stat().st_size < 400
+    state = State.read(out)
+    assert len(state.files) == 14 and {e.part for e in state.files.values()} == set(state.parts)
+
+    root = json.loads((out / "files.json").read_text())  # as the first release of layout 4 wrote it
+    legacy = {k: v for k, v in root.items() if k != "state"}
+    legacy["files"] = {key: entry.to_json() for key, entry in state.files.items()}
+    (out / "files.json").write_text(json.dumps(legacy))
+    shutil.rmtree(out / "state")
+    assert State.read(out) == state
+    (folder / "today" / sorted(os.listdir(folder / "today"))[0]).unlink()
+    again = embed_collection(folder, out, embedder, "m", workers=0, part_size=5, progress=False)
+    assert again.update["deleted"] == 1 and "state" in json.loads((out / "files.json").read_text())
+    assert len(State.read(out).files) == 13
 
 
 def test_the_manifest_refuses_vectors_made_otherwise(tmp_path, altclip_checkpoint):

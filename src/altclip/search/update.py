@@ -1,10 +1,18 @@
 """Bringing a folder collection to its folder's current state: new files embedded, changed ones embedded again,
 deleted ones gone, unchanged ones never read.
 
-The committed state is ``files.json``, replaced atomically (temporary file, then rename) at the end of each run:
+The committed state is ``files.json``, replaced atomically (temporary file, then rename) at the end of each run,
+and the per-part files it names in ``state/``:
 
     {"generation": 3, "next_part": 9, "parts": [0, 1, 4, 7, 8],
-     "files": {"2024/IMG_0001.jpg": [size, mtime_ns, digest, part, checked_ns], ...}}
+     "state": {"0": "files_00000-3f0c9a1e5b2d7c44.json", ...}}
+
+    state/files_00000-3f0c9a1e5b2d7c44.json: {"2024/IMG_0001.jpg": [size, mtime_ns, digest, part, checked_ns], ...}
+
+A part's file is named by the digest of its content, so a run writes the files of the parts whose entries
+changed and names the others as they were: a day's new photos write their own part's entries and a short
+``files.json``, not an entry for every file of the library. (A ``files.json`` of the first release of this
+layout holds every entry itself, under ``"files"``; it is read, and written the new way at the next change.)
 
 ``parts`` are the live parts in vector order, which is the order of their ids (as tools that list the folder
 read them); every file the folder held at the last run has an entry, the unreadable ones too (their row is in
@@ -31,6 +39,8 @@ deletes every file no state or plan names, and goes on. One update runs at a tim
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,7 +55,7 @@ from tqdm.auto import tqdm
 from altclip.data.imagefiles import HashedFile, Task, content_digest, image_batches
 from altclip.embedder import Embedder
 from altclip.errors import InputError, MissingFileError
-from altclip.files import read_json, write_json
+from altclip.files import atomic_write_bytes, read_json, write_json
 from altclip.runtime import distributed
 from altclip.search.collection import (
     BASE_SCHEMA,
@@ -63,6 +73,7 @@ from altclip.search.collection import (
 from altclip.tables import Result
 
 PLAN = ".plan.json"
+STATE = "state"  # the folder of the state's part files
 DIGEST = pa.field("digest", pa.string())  # a column of the parts' metadata and failures: each file's bytes
 LOCK = ".update.lock"
 RACY_NS = 2_000_000_000  # the coarsest common file-system clock (FAT): 2 s
@@ -89,7 +100,7 @@ class Entry:
 
 @dataclass
 class State:
-    """``files.json`` of a folder collection (see the module docstring)."""
+    """``files.json`` of a folder collection and the part files it names (see the module docstring)."""
 
     generation: int = 0
     next_part: int = 0
@@ -97,13 +108,38 @@ class State:
     files: dict[str, Entry] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> State:
-        files = {key: Entry(*entry) for key, entry in values["files"].items()}
+    def read(cls, folder: Path) -> State:
+        values = read_json(folder / FILES)
+        listed = values.get("files", {})  # the first release of layout 4 kept every entry here
+        for name in values.get("state", {}).values():
+            listed.update(read_json(folder / STATE / name))
+        files = {key: Entry(*entry) for key, entry in listed.items()}
         return cls(values["generation"], values["next_part"], list(values["parts"]), files)
 
-    def to_json(self) -> dict[str, Any]:
-        files = {key: entry.to_json() for key, entry in self.files.items()}
-        return {"generation": self.generation, "next_part": self.next_part, "parts": self.parts, "files": files}
+    def write(self, folder: Path) -> int:
+        """The part files not written yet, then ``files.json`` naming them (the commit), then the part files no
+        longer named are deleted. Returns the bytes written."""
+        by_part: dict[int, dict[str, list[Any]]] = {part: {} for part in self.parts}
+        for key, entry in self.files.items():
+            by_part[entry.part][key] = entry.to_json()
+        names, written = {}, 0
+        for part, entries in by_part.items():
+            text = json.dumps(entries, ensure_ascii=False).encode()
+            names[str(part)] = f"files_{part:05d}-{hashlib.blake2b(text, digest_size=8).hexdigest()}.json"
+            if not (folder / STATE / names[str(part)]).exists():
+                written += atomic_write_bytes(folder / STATE / names[str(part)], text + b"\n").stat().st_size
+        root = {"generation": self.generation, "next_part": self.next_part, "parts": self.parts, "state": names}
+        written += write_json(folder / FILES, root, indent=None).stat().st_size
+        remove_unnamed_states(folder, set(names.values()))
+        return written
+
+
+def remove_unnamed_states(folder: Path, named: set[str]) -> None:
+    """Delete the part files of states no longer committed (and a stopped write's temporary files)."""
+    if (folder / STATE).is_dir():
+        for path in (folder / STATE).iterdir():
+            if path.name not in named:
+                path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -349,11 +385,11 @@ def open_or_create(out: Path, recipe: dict[str, Any], dim: int) -> tuple[Collect
     if (out / MANIFEST).exists():
         collection = Collection.open(out)
         check_recipe(collection, recipe)
-        return collection, State.from_json(read_json(out / FILES))
-    if any(p.name not in (FILES, LOCK, PLAN) and not p.name.startswith(".") for p in out.iterdir()):
+        return collection, State.read(out)
+    if any(p.name not in (FILES, LOCK, PLAN, STATE) and not p.name.startswith(".") for p in out.iterdir()):
         raise InputError(f"{out} is not empty and holds no {MANIFEST}; choose a new folder")
     state = State()
-    write_json(out / FILES, state.to_json(), indent=None)
+    state.write(out)
     write_json(out / MANIFEST, Manifest(**recipe, kind="files", parts=0, dim=dim).to_json())
     return Collection.open(out), state
 
@@ -490,7 +526,7 @@ def commit(
     parts = sorted(kept + rewritten + list(plan.parts))  # by id, as readers that list the folder order them
     new_state = State(generation, next_part, parts, files)
     if new_state != state:  # a quiet day's run writes nothing
-        write_json(collection.folder / FILES, new_state.to_json(), indent=None)  # the commit
+        new_state.write(collection.folder)  # the commit
     (collection.folder / PLAN).unlink(missing_ok=True)
     remove_unnamed(collection, set(new_state.parts))
     return len(rewritten), len(touched), generation
