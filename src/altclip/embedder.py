@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from altclip.data.imagefiles import ImageSource, Record, file_tasks, image_batches
 from altclip.errors import InputError
 from altclip.explain.relevance import Method, relevance, to_image, windowed_relevance
+from altclip.modeling.lora import adapter_identity
 from altclip.modeling.models import DualEncoderModel, normalize
 from altclip.processing.image import ImageInput, to_rgb
 from altclip.processing.processor import Processor
@@ -53,6 +54,7 @@ class Embedder:
         self.model = model.eval()
         self.precision = precision or Precision("float32", "given", asked="float32")
         self.backend = "onnx" if isinstance(model, OnnxModel) else "torch"  # from_pretrained says "compile"
+        self.adapter: dict[str, str] | None = None  # a LoRA adapter merged in: its folder and weights' digest
         self.processor = processor
         self.batch_size = batch_size
         self.max_text_tokens = text_token_limit(model.config.text_config, processor.tokenizer)  # type: ignore[attr-defined]
@@ -69,6 +71,7 @@ class Embedder:
         batch_size: int = 32,
         backend: str = "torch",
         dtype: str | torch.dtype | None = None,
+        adapter: str | Path | None = None,
         **hub: Any,
     ) -> Embedder:
         """Load the model and processor of a folder or hub name; the family comes from config.json.
@@ -82,15 +85,21 @@ class Embedder:
         ``backend``: "torch"; "compile", the same with both towers compiled by ``torch.compile`` (the
         first batch of each shape pays the compilation); or "onnx" for a folder written by ``altclip export
         onnx``, run in ONNX Runtime.
+        ``adapter``: a LoRA adapter folder trained on this model (``altclip finetune --lora``), merged into the
+        weights as they load; one trained on another model is refused.
         """
         if dtype is not None:
             warnings.warn("Embedder.from_pretrained(dtype=...) is now precision=...", DeprecationWarning, stacklevel=2)
             precision = precision or dtype  # type: ignore[assignment]
         device = resolve_device(device)
         resolved = resolve_precision(precision, device, backend)
-        model, processor = load_pretrained(name_or_path, device=device, precision=resolved, backend=backend, **hub)
+        model, processor = load_pretrained(
+            name_or_path, device=device, precision=resolved, backend=backend, adapter=adapter, **hub
+        )
         embedder = cls(model, processor, batch_size, resolved)
         embedder.backend = backend
+        if adapter is not None:
+            embedder.adapter = adapter_identity(adapter)
         return embedder
 
     @property

@@ -82,6 +82,7 @@ def model_options() -> argparse.ArgumentParser:
 
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--model", help="hub name or local folder (default BAAI/AltCLIP)")
+    options.add_argument("--adapter", help="a LoRA adapter folder (`altclip finetune --lora`) to load over --model")
     add_device(options)
     add_precision(
         options,
@@ -127,9 +128,12 @@ def precision_of(args: argparse.Namespace) -> str:
 
 def made_with(args: argparse.Namespace, collection: Any) -> tuple[str, str | None]:
     """The model to query a collection with: ``--model`` when given, else the one its manifest records (with
-    the hub revision it was made with)."""
+    the hub revision it was made with, and the adapter, unless ``--adapter`` names one)."""
     if args.model:
         return args.model, None
+    adapter = collection.manifest.adapter
+    if adapter and getattr(args, "adapter", None) is None:
+        args.adapter = adapter["path"]
     return collection.manifest.model, collection.manifest.revision
 
 
@@ -145,6 +149,7 @@ def load_embedder(args: argparse.Namespace, model: str | None = None, revision: 
         batch_size=args.batch_size,
         backend=args.backend,
         revision=revision,
+        adapter=getattr(args, "adapter", None),
     )
     print(f"altclip: {embedder.precision.describe()}", file=sys.stderr)  # stderr: stdout stays the result
     kernel = getattr(embedder.model, "int8_kernel", None)

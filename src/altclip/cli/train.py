@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+from pathlib import Path
 from typing import Any
 
 from altclip.cli.common import Subparsers, add_device, add_json, command, emit, group
@@ -78,6 +80,54 @@ def cmd_contrastive(args: argparse.Namespace) -> int:
         cache_images=args.cache_images,
     )
     return train(args, phase)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """fine-tune AltCLIP or CLIP on your own image-text pairs: the whole model, its last layers, or LoRA adapters
+
+    The pairs are phase 2's (JSONL or CSV: image, caption; or tar shards). Without --lora or --unlock-*, every
+    weight trains. --unlock-text-layers N / --unlock-image-layers N train that tower's last N layers and what
+    follows them (its final LayerNorm and projection); the embeddings only when N is the whole tower. --lora R
+    trains rank-R adapters alone: --out/model is then the adapter, which `--adapter` loads over the base (every
+    command that takes --model), and --merge also writes the merged Hugging Face folder.
+
+    examples:
+      altclip finetune --model BAAI/AltCLIP --data pairs.jsonl --out run --lora 16 --epochs 3 --lr 1e-4
+      altclip finetune --model BAAI/AltCLIP --data pairs.jsonl --out run --lora 16 --merge
+      altclip finetune --model BAAI/AltCLIP --data pairs.jsonl --out run --unlock-text-layers 4 \\
+          --unlock-image-layers 2 --lr 1e-5
+      altclip embed ~/photos --out photos.emb --model BAAI/AltCLIP --adapter run/model
+    """
+    from altclip.data.shards import is_shard_spec
+    from altclip.modeling.lora import LoRAConfig
+    from altclip.processing.augment import Augment
+    from altclip.train.finetune import FinetuneConfig, Validation, finetune_phase, run_finetune, split_validation
+
+    lora = None
+    if args.lora is not None:
+        lora = LoRAConfig(
+            args.lora, args.lora_alpha or 2.0 * args.lora, args.lora_dropout, args.lora_towers, args.lora_targets
+        )
+    augment = None if args.no_augment else Augment(flip=args.flip)
+    if augment is not None and is_shard_spec(args.data):
+        print("altclip: pairs from tar shards are not augmented (--no-augment is implied)", file=sys.stderr)
+        augment = None
+    config = FinetuneConfig(lora, args.unlock_text_layers, args.unlock_image_layers, args.merge, augment)
+    phase = finetune_phase(
+        args.model, args.data, config, local_loss=args.local_loss, shuffle_buffer=args.shuffle_buffer, seed=args.seed
+    )
+    validation = None
+    if args.val is not None:
+        fraction = float(args.val) if args.val.replace(".", "", 1).isdigit() and float(args.val) < 1 else None
+        data = split_validation(phase, fraction, args.seed, Path(args.out)) if fraction else Path(args.val)
+        validation = Validation(data, args.val_every, args.val_metric, args.patience)
+    counts = phase.counts or {}
+    if not args.json:
+        print(f"training {counts['trainable']:,} of {counts['parameters']:,} parameters ({counts['share']:.2%})")
+    result = run_finetune(phase, training_config(args), validation)
+    rows = [(k, v) for k, v in result.items() if not isinstance(v, dict)]
+    emit(args, result, ["", ""], rows)
+    return 0
 
 
 def train(args: argparse.Namespace, phase: Any) -> int:
@@ -193,3 +243,36 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
         help="with the image tower frozen, compute each distinct image's features once and keep them (memory "
         "grows with them): for data where each image has many captions",
     )
+
+    p = command(sub, "finetune", cmd_finetune, [training])
+    p.add_argument("--model", required=True, help="the AltCLIP or CLIP model to fine-tune (hub name or folder)")
+    p.add_argument("--lora", type=int, metavar="RANK", help="train rank-RANK LoRA adapters alone")
+    p.add_argument("--lora-alpha", type=float, help="the adapters' alpha (scaling alpha/rank; default 2 x rank)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the adapters' input")
+    p.add_argument("--lora-towers", nargs="+", default=["text", "image"], choices=["text", "image"])
+    p.add_argument(
+        "--lora-targets",
+        nargs="+",
+        default=["attention", "mlp"],
+        help="attention (q, k, v and output projections), mlp (its two maps), or module names such as q_proj",
+    )
+    p.add_argument("--unlock-text-layers", type=int, metavar="N", help="train the text tower's last N layers only")
+    p.add_argument("--unlock-image-layers", type=int, metavar="N", help="train the image tower's last N layers only")
+    p.add_argument("--merge", action="store_true", help="with --lora: also write the merged Hugging Face folder")
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="train on the images as evaluation sees them (default: random resized crop of 60-100%% of the area "
+        "and colour jitter of 20%%, seeded per sample and epoch)",
+    )
+    p.add_argument("--flip", action="store_true", help="also flip images horizontally half the time (not for text)")
+    p.add_argument(
+        "--val",
+        metavar="FILE_OR_FRACTION",
+        help="held-out pairs to validate on: a pairs file, or a fraction (0.1) of the training images held out "
+        "(written to OUT/val.jsonl); the model written is the best one validation saw",
+    )
+    p.add_argument("--val-every", type=int, default=100, help="steps between validations (and at the last step)")
+    p.add_argument("--val-metric", default="MR", help="MR (mean over languages of each one's MR) or MR:LANG")
+    p.add_argument("--patience", type=int, help="stop after this many validations without a better score")
+    p.add_argument("--local-loss", action="store_true", help="see `altclip train contrastive --help`")

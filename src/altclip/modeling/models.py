@@ -29,6 +29,7 @@ from altclip.modeling.config import (
     DualEncoderConfig,
 )
 from altclip.modeling.layers import init_normal
+from altclip.modeling.lora import Adapter
 from altclip.modeling.outputs import BaseModelOutputWithPooling, CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput
 from altclip.modeling.quantize import Int8Linear, quantize_weight, replace_linears
 from altclip.modeling.text import AltCLIPTextTransformer, CLIPTextTransformer
@@ -172,6 +173,7 @@ class PreTrainedModel(nn.Module):
         torch_dtype: torch.dtype | str | None = None,
         precision: str | None = None,
         matmul_dtype: torch.dtype | str | None = None,
+        adapter: str | Path | None = None,
     ) -> M:
         """Load a checkpoint from a local folder or a Hugging Face hub name.
 
@@ -184,6 +186,8 @@ class PreTrainedModel(nn.Module):
         all in memory.
         Hub names go through ``huggingface_hub`` and its cache; with ``HF_HUB_OFFLINE=1`` (or
         ``local_files_only=True``) nothing is downloaded and a model that is not cached is a clear error.
+        ``adapter``: a LoRA adapter folder (``altclip finetune --lora``), merged into the weights as they are
+        read (``lora.AdapterMerger``); one trained on another base is refused.
         """
         hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only}
         config_path = resolve_file(name_or_path, CONFIG_NAME, **hub)
@@ -202,10 +206,13 @@ class PreTrainedModel(nn.Module):
         with torch.device("meta"):
             model = cls(config)  # type: ignore[call-arg]
         convert = weight_converter(model, dtype, matmuls)
+        merge = Adapter.load(adapter).merger() if adapter is not None else None
         state: dict[str, Tensor] = {}
         for path in resolve_weights(name_or_path, **hub):
             for key, tensor in key_map.stream(iter_weights(path)):
-                state.update(convert(key, tensor))
+                state.update(convert(key, tensor if merge is None else merge(key, tensor)))
+        if merge is not None:
+            merge.finish(str(name_or_path))
         check_state_dict(model.state_dict(), state, f"{cls.__name__} from {name_or_path}")
         model.load_state_dict(state, strict=True, assign=True)
         if isinstance(model, DualEncoderModel) and matmuls is not None:

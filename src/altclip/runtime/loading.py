@@ -62,6 +62,7 @@ def load_pretrained(
     device: str | torch.device | None = None,
     precision: str | Precision | None = None,
     backend: str = "torch",
+    adapter: str | Path | None = None,
     **hub: Any,
 ) -> tuple[DualEncoderModel | OnnxModel, Processor]:
     """The model, ready for inference, and the processor of a folder or hub name, of the family its
@@ -69,7 +70,8 @@ def load_pretrained(
 
     ``precision``: float32 (default); bfloat16 or float16 (the matrix multiplies in 16 bits, the rest float32);
     "int8" (``Int8Linear``, CPU only); "auto", the machine's choice (``hardware.choose_precision``); or a
-    ``Precision`` already resolved. ``backend``: see the module docstring.
+    ``Precision`` already resolved. ``backend``: see the module docstring. ``adapter``: a LoRA adapter folder,
+    merged into the weights as they load.
     """
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -78,6 +80,10 @@ def load_pretrained(
     model_cls, processor_cls = FAMILIES[family_of(name_or_path, **hub)]
     processor = processor_cls.from_pretrained(name_or_path, **hub)
     if backend == "onnx":
+        if adapter is not None:
+            raise InputError(
+                "an adapter is merged as the weights load; for ONNX, merge it (`altclip finetune --merge`)"
+            )
         if resolved.name != "float32" or device.type != "cpu":
             raise InputError(
                 f"the onnx backend runs the exported float32 graphs on the CPU (got precision {resolved.name} on "
@@ -87,5 +93,5 @@ def load_pretrained(
         return OnnxModel.from_pretrained(name_or_path), processor
     if resolved.name == "int8" and device.type != "cpu":
         raise InputError(f"int8 runs on the CPU, not {device}; on a GPU use --precision auto, bfloat16 or float16")
-    model = model_cls.from_pretrained(name_or_path, precision=resolved.name, device=device, **hub)
+    model = model_cls.from_pretrained(name_or_path, precision=resolved.name, device=device, adapter=adapter, **hub)
     return (compile_towers(model) if backend == "compile" else model), processor

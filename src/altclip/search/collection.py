@@ -102,9 +102,10 @@ class Manifest(Result):
     precision: str | None = None  # what the vectors were computed in: float32, bfloat16, float16 or int8
     backend: str | None = None  # torch, compile or onnx
     preprocessing: dict[str, Any] | None = None  # the image processor's settings
+    adapter: dict[str, str] | None = None  # a LoRA adapter merged into the model: its folder and weights' digest
 
     # what must match for a run to resume or update a folder
-    RECIPE = ("source", "model", "revision", "draft", "captions", "precision", "backend", "preprocessing")
+    RECIPE = ("source", "model", "revision", "draft", "captions", "precision", "backend", "preprocessing", "adapter")
 
     @classmethod
     def from_json(cls, values: dict[str, Any], where: Path) -> Manifest:
@@ -407,6 +408,7 @@ def embed_collection(
         "precision": embedder.precision.name,
         "backend": embedder.backend,
         "preprocessing": embedder.processor.image_processor.to_dict(),
+        "adapter": getattr(embedder, "adapter", None),
     }
     recipe = json.loads(json.dumps(recipe))  # as the manifest holds it: tuples are lists there
     if not tar:

@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from altclip.data.datafiles import Table
 from altclip.data.imagefiles import preprocess_source
 from altclip.data.shards import ShardSample, TarMember, scan_shard, scanned_ahead
-from altclip.processing.image import CLIPImageProcessor, ImageLoadError
+from altclip.processing.augment import Augment, sample_rng
+from altclip.processing.image import CLIPImageProcessor, ImageLoadError, load_image, to_rgb
 from altclip.processing.tokenization import Tokenizer
 
 LENGTH_GROUP = 50  # global micro-batches sorted together by length when grouping (as transformers' Trainer does)
@@ -76,6 +78,32 @@ class ImagePairs(Dataset):
         except ImageLoadError as err:
             return None, err.kind
         return pixels, row["caption"]
+
+
+class AugmentedPairs(ImagePairs):
+    """``ImagePairs`` whose images are augmented (``altclip.processing.augment``) before preprocessing. Its keys
+    are (epoch, index): the ``Trainer`` passes the epoch to a dataset that says ``per_epoch``, so each sample's
+    draw depends on the run's seed, the epoch and the sample alone."""
+
+    per_epoch = True
+
+    def __init__(self, pairs: ImagePairs, augment: Augment, seed: int) -> None:
+        self.rows, self.processor = pairs.rows, pairs.processor
+        self.augment, self.seed = augment, seed
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray | None, str]:  # type: ignore[override]
+        epoch, index = key
+        row = self.rows[index]
+        where = str(row["image"])
+        crop = self.processor.crop_size
+        try:
+            image = Image.fromarray(to_rgb(load_image(row["image"]), where))
+            image = self.augment(image, (crop["height"], crop["width"]), sample_rng(self.seed, epoch, index))
+            return self.processor.preprocess_one(image, where), row["caption"]
+        except ImageLoadError as err:
+            return None, err.kind
+        except Exception as err:  # a decoder bug must not end a long job
+            return None, ImageLoadError(where, "unreadable", f"{type(err).__name__}: {err}").kind
 
 
 def tokens(tokenizer: Tokenizer, texts: list[str], limit: int, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -247,6 +247,8 @@ class Trainer:
             )
         else:
             batches = self._epoch_batches(self.progress.epoch)[self.progress.micro :]
+            if getattr(self.phase.dataset, "per_epoch", False):  # keys (epoch, index): per-epoch augmentation
+                batches = [[(self.progress.epoch, i) for i in batch] for batch in batches]
         # its own generator: worker seeds must not draw from the global RNG, which dropout replays on resume
         generator = torch.Generator().manual_seed(self.config.seed + self.progress.epoch)
         workers = self.config.workers
@@ -425,7 +427,7 @@ class Trainer:
         self.progress.step += 1
         return total / c.accumulate
 
-    def fit(self, on_step: Callable[[int, float], None] | None = None) -> FitResult:
+    def fit(self, on_step: Callable[[int, float], bool | None] | None = None) -> FitResult:
         c = self.config
         c.out.mkdir(parents=True, exist_ok=True)
         bar = tqdm(
@@ -459,8 +461,8 @@ class Trainer:
                 )
                 if c.save_every and self.progress.step % c.save_every == 0:
                     self.save()
-                if on_step is not None:
-                    on_step(self.progress.step, record["loss"])
+                if on_step is not None and on_step(self.progress.step, record["loss"]):
+                    break  # stopped early (``on_step`` said so): the checkpoint and the export follow
         finally:
             micro_batches.close()
             bar.close()

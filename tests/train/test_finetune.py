@@ -1,0 +1,160 @@
+"""altclip finetune: LoRA adapters trained alone, saved, loaded over their base and merged into a folder
+transformers reads; the last layers of each tower unlocked by the stated rule; exact resume with adapters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+import altclip
+from altclip.embedder import Embedder
+from altclip.modeling.lora import LoRAConfig
+from altclip.train.finetune import FinetuneConfig, finetune_phase
+from altclip.train.loop import TrainConfig, Trainer
+
+from .test_loop import Crash, losses
+
+
+def run(tmp_path, student, pairs_jsonl, config: FinetuneConfig, name: str, **train) -> Trainer:
+    phase = finetune_phase(student, pairs_jsonl, config, seed=0)
+    settings = dict(steps=6, batch_size=8, lr=5e-3, progress=False) | train
+    trainer = Trainer(phase, TrainConfig(tmp_path / name, **settings))
+    trainer.fit()
+    return trainer
+
+
+def test_lora_trains_adapters_alone_and_merges_to_what_transformers_reads(tmp_path, student, pairs_jsonl):
+    config = FinetuneConfig(LoRAConfig(rank=4, alpha=8, dropout=0.0), merge=True)
+    trainer = run(tmp_path, student, pairs_jsonl, config, "lora")
+    counts = trainer.phase.counts
+    assert 0 < counts["trainable"] < 0.2 * counts["parameters"] and counts["adapted_modules"] > 0
+    out = tmp_path / "lora"
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["lora"]["rank"] == 4 and adapter["base"]["model"] == str(student)
+
+    base = altclip.AltCLIPModel.from_pretrained(student)
+    merged = altclip.AltCLIPModel.from_pretrained(out / "model")
+    assert torch.equal(base.logit_scale, merged.logit_scale)  # frozen: only adapters trained
+    assert torch.equal(
+        base.vision_model.embeddings.patch_embedding.weight, merged.vision_model.embeddings.patch_embedding.weight
+    )
+    query = "text_model.roberta.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(base.state_dict()[query], merged.state_dict()[query])  # the adapter merged in
+
+    over_base = Embedder.from_pretrained(student, adapter=out / "adapter")
+    processor = altclip.AltCLIPProcessor.from_pretrained(out / "model")
+    inputs = processor(
+        text=["a red circle", "蓝色方形"],
+        images=[trainer.phase.dataset.rows[0]["image"]],
+        padding=True,
+        return_tensors="pt",
+    )
+    theirs = transformers.AltCLIPModel.from_pretrained(out / "model").eval()
+    with torch.no_grad():
+        expected = theirs(**inputs)
+        for model in (merged, over_base.model):
+            got = model(**inputs)
+            torch.testing.assert_close(got.text_embeds, expected.text_embeds, atol=1e-5, rtol=0)
+            torch.testing.assert_close(got.image_embeds, expected.image_embeds, atol=1e-5, rtol=0)
+
+
+def test_unlocked_layers_train_and_the_rest_stays(tmp_path, student, pairs_jsonl):
+    config = FinetuneConfig(unlock_text_layers=1, unlock_image_layers=0)
+    run(tmp_path, student, pairs_jsonl, config, "unlocked")
+    before = altclip.AltCLIPModel.from_pretrained(student).state_dict()
+    after = altclip.AltCLIPModel.from_pretrained(tmp_path / "unlocked" / "model").state_dict()
+    last = altclip.AltCLIPModel.from_pretrained(student).config.text_config.num_hidden_layers - 1
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "nothing trained"
+    for key in changed:
+        assert key.startswith(
+            (f"text_model.roberta.encoder.layer.{last}.", "text_model.pre_LN.", "text_model.transformation.")
+        ) or key in ("text_projection.weight", "logit_scale"), key
+    assert "text_model.roberta.encoder.layer.0.attention.self.query.weight" not in changed
+
+    with pytest.raises(ValueError, match="nothing would train"):
+        finetune_phase(student, pairs_jsonl, FinetuneConfig(unlock_text_layers=0, unlock_image_layers=0))
+    with pytest.raises(ValueError, match="not both"):
+        FinetuneConfig(LoRAConfig(), unlock_text_layers=1)
+    with pytest.raises(ValueError, match="needs --lora"):
+        FinetuneConfig(merge=True)
+
+
+def test_resume_with_adapters_is_exact(tmp_path, student, pairs_jsonl):
+    config = FinetuneConfig(LoRAConfig(rank=2, alpha=4, dropout=0.1))
+    settings = dict(steps=6, batch_size=8, lr=5e-3, save_every=2, progress=False)
+    run(tmp_path, student, pairs_jsonl, config, "straight", **settings)
+
+    def crash_at_3(step: int, loss: float) -> None:
+        if step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        Trainer(finetune_phase(student, pairs_jsonl, config), TrainConfig(tmp_path / "cut", **settings)).fit(crash_at_3)
+    Trainer(finetune_phase(student, pairs_jsonl, config), TrainConfig(tmp_path / "cut", resume=True, **settings)).fit()
+    assert losses(tmp_path / "cut") == losses(tmp_path / "straight")
+    from safetensors.torch import load_file
+
+    ours = load_file(str(tmp_path / "cut" / "model" / "adapter_model.safetensors"))
+    straight = load_file(str(tmp_path / "straight" / "model" / "adapter_model.safetensors"))
+    assert ours.keys() == straight.keys() and all(torch.equal(ours[k], straight[k]) for k in ours)
+
+
+def test_the_command(tmp_path, student, pairs_jsonl):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "altclip.cli", "finetune", "--model", str(student), "--data", str(pairs_jsonl)]
+    command += ["--out", str(out), "--lora", "2", "--steps", "2", "--batch-size", "8", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 2 and 0 < summary["share"] < 0.2
+    assert (out / "model" / "adapter_model.safetensors").is_file()
+    similarity = [sys.executable, "-m", "altclip.cli", "similarity", "--text", "a red circle", "--image"]
+    similarity += [str(pairs_jsonl.parent / "red-circle.png"), "--model", str(student), "--adapter", str(out / "model")]
+    shown = subprocess.run([*similarity, "--json"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+
+
+def test_validation_keeps_the_best_and_stops_after_its_patience(tmp_path, student, pairs_jsonl, monkeypatch):
+    from safetensors.torch import load_file
+
+    from altclip.train import finetune
+
+    out = tmp_path / "validated"
+    phase = finetune_phase(student, pairs_jsonl, FinetuneConfig(LoRAConfig(rank=2, alpha=4, dropout=0.0)))
+    rows = len(phase.dataset.rows)
+    val = finetune.split_validation(phase, 0.25, 0, out)
+    held = {json.loads(line)["image"] for line in val.read_text().splitlines()}
+    assert held and not held & {str(r["image"]) for r in phase.dataset.rows} and len(phase.dataset.rows) < rows
+
+    scores = iter([10.0, 12.0, 11.0, 11.5, 30.0])  # best at the second check; two worse ones: patience 2 stops
+    monkeypatch.setattr(finetune.Validator, "evaluate", lambda self: (next(scores), {}))
+    validation = finetune.Validation(val, every=2, patience=2)
+    result = finetune.run_finetune(phase, TrainConfig(out, steps=20, batch_size=8, lr=5e-3, progress=False), validation)
+    assert result["steps"] == 8 and result["best_step"] == 4 and result["best"] == 12.0
+    log = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4, 6, 8] and [r["best"] for r in log] == [True, True, False, False]
+    assert (out / "training.png").stat().st_size > 1000
+    best = load_file(str(out / "best.safetensors"))
+    written = load_file(str(out / "model" / "adapter_model.safetensors"))
+    assert best.keys() == written.keys() and all(torch.equal(best[k], written[k]) for k in best)
+    last = load_file(str(out / "checkpoints" / "step-000008" / "model.safetensors"))  # the last step's weights
+    assert not all(torch.equal(best[k], last[k]) for k in best)
+
+
+def test_real_validation_scores_the_held_out_pairs(tmp_path, student, pairs_jsonl):
+    from altclip.train import finetune
+
+    out = tmp_path / "real"
+    phase = finetune_phase(student, pairs_jsonl, FinetuneConfig(unlock_text_layers=1, unlock_image_layers=0))
+    val = finetune.split_validation(phase, 0.3, 1, out)
+    validation = finetune.Validation(val, every=2, metric="MR:zh")
+    result = finetune.run_finetune(phase, TrainConfig(out, steps=4, batch_size=8, lr=5e-3, progress=False), validation)
+    log = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4] and set(log[0]["languages"]) == {"en", "zh"}
+    assert result["best"] == max(r["value"] for r in log) == pytest.approx(max(r["languages"]["zh"]["MR"] for r in log))
