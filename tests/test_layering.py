@@ -22,7 +22,7 @@ FLOORS = (
     ("cli",),
 )
 COMPATIBILITY = ("tasks",)  # old import paths kept for one release: nothing inside altclip imports them
-MODELING = (("config", "outputs", "weights", "quantize"), ("layers",), ("text", "vision"), ("models",))
+MODELING = (("config", "outputs", "weights", "quantize", "lora"), ("layers",), ("text", "vision"), ("models",))
 
 
 def imports() -> dict[str, set[str]]:

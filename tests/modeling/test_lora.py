@@ -60,7 +60,9 @@ def test_add_lora_trains_the_adapters_alone_and_merges_to_the_same_model(altclip
     assert {n.split(".")[0] for n in names} == {{"text": "text_model", "image": "vision_model"}[t] for t in towers}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
-    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask, pixel_values=images).logits_per_image, before)  # starts as its base
+    torch.testing.assert_close(
+        model(input_ids=ids, attention_mask=mask, pixel_values=images).logits_per_image, before
+    )  # starts as its base
 
     perturb(model)
     model.eval()

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 import altclip
+from altclip.cli.train import retrieval_scores
 from altclip.embedder import Embedder
 from altclip.modeling.lora import LoRAConfig
 from altclip.train.finetune import FinetuneConfig, finetune_phase
@@ -134,7 +135,7 @@ def test_validation_keeps_the_best_and_stops_after_its_patience(tmp_path, studen
 
     scores = iter([10.0, 12.0, 11.0, 11.5, 30.0])  # best at the second check; two worse ones: patience 2 stops
     monkeypatch.setattr(finetune.Validator, "evaluate", lambda self: (next(scores), {}))
-    validation = finetune.Validation(val, every=2, patience=2)
+    validation = finetune.Validation(val, every=2, score=retrieval_scores, patience=2)
     result = finetune.run_finetune(phase, TrainConfig(out, steps=20, batch_size=8, lr=5e-3, progress=False), validation)
     assert result["steps"] == 8 and result["best_step"] == 4 and result["best"] == 12.0
     log = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
@@ -153,8 +154,33 @@ def test_real_validation_scores_the_held_out_pairs(tmp_path, student, pairs_json
     out = tmp_path / "real"
     phase = finetune_phase(student, pairs_jsonl, FinetuneConfig(unlock_text_layers=1, unlock_image_layers=0))
     val = finetune.split_validation(phase, 0.3, 1, out)
-    validation = finetune.Validation(val, every=2, metric="MR:zh")
+    validation = finetune.Validation(val, every=2, score=retrieval_scores, metric="MR:zh")
     result = finetune.run_finetune(phase, TrainConfig(out, steps=4, batch_size=8, lr=5e-3, progress=False), validation)
     log = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4] and set(log[0]["languages"]) == {"en", "zh"}
     assert result["best"] == max(r["value"] for r in log) == pytest.approx(max(r["languages"]["zh"]["MR"] for r in log))
+
+
+def test_a_collection_remembers_its_adapter(tmp_path, student, pairs_jsonl):
+    from altclip.search.collection import Collection, embed_collection
+    from tests.conftest import make_image_folder
+
+    run(tmp_path, student, pairs_jsonl, FinetuneConfig(LoRAConfig(rank=2)), "lora", steps=2)
+    adapter = tmp_path / "lora" / "model"
+    folder = make_image_folder(tmp_path / "photos", good=4, broken=False)
+    embedder = Embedder.from_pretrained(student, adapter=adapter)
+    embed_collection(folder, tmp_path / "emb", embedder, str(student), workers=0, progress=False)
+    recorded = Collection.open(tmp_path / "emb").manifest.adapter
+    assert recorded["path"] == str(adapter.resolve()) and len(recorded["digest"]) == 32
+    with pytest.raises(ValueError, match="adapter"):  # vectors of the base alone would mix with these
+        embed_collection(folder, tmp_path / "emb", Embedder.from_pretrained(student), str(student), workers=0)
+    from altclip.search.index import build_index
+
+    build_index(tmp_path / "emb")
+    search = [sys.executable, "-m", "altclip.cli", "search", str(tmp_path / "emb"), "--text", "a red circle", "--json"]
+    found = subprocess.run(search, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-2000:]
+    expected = embedder.embed_texts(["a red circle"]).numpy()
+    vectors = Collection.open(tmp_path / "emb").embeddings().astype("float32")
+    scores = [h["score"] for h in json.loads(found.stdout)]
+    assert max(scores) == pytest.approx(float((vectors @ expected[0]).max()), abs=2e-3)

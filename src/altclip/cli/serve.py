@@ -37,13 +37,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError("give an `altclip embed` folder to serve (only --immich runs without one)")
     limit_malloc_arenas()
     catalog = Catalog.from_specs(args.folders, thumbnail_cache_bytes=args.thumbnail_cache_mb * 2**20)
-    models = {(served.model, served.revision) for served in catalog.indexes.values()}
+    manifests = [served.index.collection.manifest for served in catalog.indexes.values()]
+    models = {(m.model, m.revision, (m.adapter or {}).get("path")) for m in manifests}
     if args.model is None and len(models) > 1:
-        names = ", ".join(sorted(f"{m}@{r}" if r else m for m, r in models))
+        names = ", ".join(sorted((f"{m}@{r}" if r else m) + (f" + adapter {a}" if a else "") for m, r, a in models))
         raise InputError(
             f"the indexes were embedded by different models ({names}); serve them separately or choose one with --model"
         )
-    model, revision = (args.model, None) if args.model or not models else models.pop()
+    model, revision, adapter = (args.model, None, None) if args.model or not models else models.pop()
+    if adapter and args.adapter is None:
+        args.adapter = adapter  # the adapter the vectors were made with
     embedder = load_embedder(args, model, revision)
     config = ServeConfig(
         token=args.token,

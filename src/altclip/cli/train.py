@@ -120,7 +120,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.val is not None:
         fraction = float(args.val) if args.val.replace(".", "", 1).isdigit() and float(args.val) < 1 else None
         data = split_validation(phase, fraction, args.seed, Path(args.out)) if fraction else Path(args.val)
-        validation = Validation(data, args.val_every, args.val_metric, args.patience)
+        validation = Validation(data, args.val_every, retrieval_scores, args.val_metric, args.patience)
     counts = phase.counts or {}
     if not args.json:
         print(f"training {counts['trainable']:,} of {counts['parameters']:,} parameters ({counts['share']:.2%})")
@@ -128,6 +128,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     rows = [(k, v) for k, v in result.items() if not isinstance(v, dict)]
     emit(args, result, ["", ""], rows)
     return 0
+
+
+def retrieval_scores(embedder: Any, data: Path) -> dict[str, Any]:
+    """Recall per language of a pairs file (``altclip eval``'s), for validation during fine-tuning."""
+    from altclip.evaluate.retrieval import evaluate_pairs
+
+    return evaluate_pairs(embedder, data, workers=0, progress=False)[0]
 
 
 def train(args: argparse.Namespace, phase: Any) -> int:

@@ -153,14 +153,20 @@ def split_validation(phase: FinetunePhase, fraction: float, seed: int, out: Path
     return atomic_write_bytes(out / "val.jsonl", ("\n".join(lines) + "\n").encode())
 
 
+Scorer = Callable[[Any, Path], dict[str, Any]]  # (embedder, pairs file) -> RetrievalScores per language
+
+
 @dataclass
 class Validation:
     """Held-out retrieval during training: ``data`` (image-text pairs) every ``every`` steps (and at the last),
-    scored by ``metric`` ("MR": the mean over languages of each language's MR, or "MR:LANG" for one language);
-    training stops after ``patience`` evaluations without a better score (None: never)."""
+    scored by ``score`` (the command passes ``altclip.evaluate.retrieval``'s recall, R@1/5/10 and MR per
+    language, which sits beside training, not below it) and ranked by ``metric`` ("MR": the mean over languages
+    of each language's MR, or "MR:LANG" for one language); training stops after ``patience`` evaluations without
+    a better score (None: never)."""
 
     data: Path
     every: int
+    score: Scorer
     metric: str = "MR"
     patience: int | None = None
 
@@ -207,14 +213,13 @@ class Validator:
 
     def evaluate(self) -> tuple[float, dict[str, Any]]:
         from altclip.embedder import Embedder
-        from altclip.evaluate.retrieval import evaluate_pairs
 
         model = self.phase.model
         was_training = model.training
         model.eval()
         try:
             embedder = Embedder(model, self.phase.processor, batch_size=64)  # type: ignore[arg-type]
-            scores, _ = evaluate_pairs(embedder, self.validation.data, workers=0, progress=False)
+            scores = self.validation.score(embedder, self.validation.data)
         finally:
             model.train(was_training)
         languages = {lang: s.to_json() for lang, s in scores.items()}
