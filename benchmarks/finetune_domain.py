@@ -81,7 +81,7 @@ def transformers_scores(model: Path, test: Path) -> dict[str, float]:
     import torch
     import transformers
 
-    from altclip.data.datafiles import read_pairs_set
+    from altclip.evaluate.datasets import read_pairs_set
     from altclip.evaluate.retrieval import recall_by_language
 
     data = read_pairs_set(test)
@@ -91,20 +91,27 @@ def transformers_scores(model: Path, test: Path) -> dict[str, float]:
         images = []
         for start in range(0, len(data.images), 256):
             chunk = [Image.open(p).convert("RGB") for p in data.images[start : start + 256]]
-            images.append(theirs.get_image_features(**processor(images=chunk, return_tensors="pt")))
+            images.append(features(theirs.get_image_features(**processor(images=chunk, return_tensors="pt"))))
         texts = []
         for start in range(0, len(data.captions), 256):
             batch = processor(text=data.captions[start : start + 256], padding=True, return_tensors="pt")
-            texts.append(theirs.get_text_features(**batch))
+            texts.append(features(theirs.get_text_features(**batch)))
     image_vectors = torch.nn.functional.normalize(torch.cat(images), dim=-1)
     text_vectors = torch.nn.functional.normalize(torch.cat(texts), dim=-1)
     found = recall_by_language(image_vectors, text_vectors, data.owners, data.langs)
     return {lang: s.mean_recall for lang, s in found.items()}
 
 
+def features(output: Any) -> Any:
+    """transformers 5 returns the projected features as ``pooler_output``; 4 returned the tensor."""
+    return getattr(output, "pooler_output", output)
+
+
 def train_mode(args: argparse.Namespace, name: str, train: Path) -> dict[str, Any]:
     """One fine-tuning run, in a process of its own; its JSON summary, peak memory and time."""
     run = args.out / name
+    if (run / "summary.json").is_file():  # trained by an earlier run of this script: its figures stand
+        return json.loads((run / "summary.json").read_text())
     command = [sys.executable, "-m", "altclip.cli", "finetune", "--model", str(args.demo / "contrastive" / "model")]
     command += ["--data", str(train), "--out", str(run), "--epochs", str(args.epochs), "--lr", MODES_LR[name]]
     command += ["--batch-size", "128", "--val", "0.1", "--val-every", str(args.val_every), "--warmup", "20"]
@@ -120,6 +127,7 @@ def train_mode(args: argparse.Namespace, name: str, train: Path) -> dict[str, An
     summary = json.loads(out.read_text())
     summary["seconds"] = time.perf_counter() - started
     summary["peak_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
+    (run / "summary.json").write_text(json.dumps(summary))
     return summary
 
 

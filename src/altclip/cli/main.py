@@ -38,6 +38,7 @@ examples:
   altclip train distill --teacher openai/clip-vit-large-patch14 --student student --data parallel.tsv --out run1
   altclip train contrastive --model run1/model --data pairs.jsonl --out run2 --precision bfloat16
   torchrun --nproc_per_node 8 -m altclip.cli train contrastive --model run1/model --data pairs.jsonl --out run2
+  altclip finetune --model BAAI/AltCLIP --data my_pairs.jsonl --out ft --lora 16 --val 0.1 --merge
 
 Models are hub names (default BAAI/AltCLIP, read from the Hugging Face cache; HF_HUB_OFFLINE=1 is
 honoured) or local folders written by save_pretrained.
