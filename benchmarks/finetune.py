@@ -7,7 +7,8 @@ fine-tuning, the last 4 layers of each tower, and LoRA r=16, with and without gr
 Each mode runs in a process of its own, so its peak resident memory (``ru_maxrss``) is its own: the model
 (ViT-L/14 and XLM-R large, 865M parameters, float32), AdamW's state for what trains, the activations of one
 step of the contrastive loss on a batch of 224x224 images and 32-token captions. The step time is the mean of
-the timed steps after one untimed step (which also allocates the optimizer's state).
+the timed steps after one untimed step (which also allocates the optimizer's state). glibc's mmap threshold is
+fixed, as ``altclip finetune`` fixes it (``altclip.runtime.memory``); ``--glibc-default`` leaves it to move.
 """
 
 from __future__ import annotations
@@ -52,16 +53,19 @@ ALTCLIP = {  # BAAI/AltCLIP's config.json, in altclip's config classes
 }
 
 
-def run_mode(name: str, batch: int, steps: int) -> dict[str, Any]:
+def run_mode(name: str, batch: int, steps: int, no_fix: bool = False) -> dict[str, Any]:
     """One mode, in this process."""
     import torch
 
     from altclip.modeling.config import AltCLIPConfig
     from altclip.modeling.lora import LoRAConfig
     from altclip.modeling.models import AltCLIPModel
+    from altclip.runtime.memory import fix_mmap_threshold
     from altclip.train.finetune import FinetuneConfig, set_trainable
     from altclip.train.losses import contrastive_loss
 
+    if not no_fix:
+        fix_mmap_threshold()  # as `altclip finetune` does
     mode = MODES[name]
     torch.manual_seed(0)
     model = AltCLIPModel(AltCLIPConfig.from_dict(ALTCLIP)).train()
@@ -103,10 +107,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--glibc-default", action="store_true", help="leave glibc's mmap threshold to move")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child: run this mode, print its JSON
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_mode(args.one, args.batch_size, args.steps)))
+        print(json.dumps(run_mode(args.one, args.batch_size, args.steps, args.glibc_default)))
         return 0
     from altclip.runtime.hardware import detect_cpu
     from altclip.tables import format_table
@@ -114,6 +119,7 @@ def main() -> int:
     rows = []
     for name in args.modes:
         command = [sys.executable, __file__, "--one", name, "--batch-size", str(args.batch_size)]
+        command += ["--glibc-default"] if args.glibc_default else []
         done = subprocess.run([*command, "--steps", str(args.steps)], capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"{name}: done", file=sys.stderr, flush=True)

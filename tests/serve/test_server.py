@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 
 from altclip.cli import main
-from altclip.serve.server import check_bind, is_loopback, limit_malloc_arenas
+from altclip.runtime.memory import limit_malloc_arenas
+from altclip.serve.server import check_bind, is_loopback
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
       altclip serve ~/photos.emb --clip-retrieval    # clip-retrieval's front end and ClipClient
     """
     try:
+        from altclip.runtime.memory import limit_malloc_arenas
         from altclip.serve import Catalog, ServeConfig, create_app
         from altclip.serve.immich import ImmichSettings
-        from altclip.serve.server import check_bind, limit_malloc_arenas, run
+        from altclip.serve.server import check_bind, run
     except ImportError as err:
         raise MissingExtraError(f"altclip serve needs the serve extra: pip install 'altclip[serve]' ({err})") from err
 

@@ -101,8 +101,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from altclip.data.shards import is_shard_spec
     from altclip.modeling.lora import LoRAConfig
     from altclip.processing.augment import Augment
+    from altclip.runtime.memory import fix_mmap_threshold
     from altclip.train.finetune import FinetuneConfig, Validation, finetune_phase, run_finetune, split_validation
 
+    fix_mmap_threshold()  # freed activations go back to the system (``altclip.runtime.memory``)
     lora = None
     if args.lora is not None:
         lora = LoRAConfig(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
-import sys
 
 from fastapi import FastAPI
 
@@ -35,20 +33,6 @@ def check_bind(host: str, token: str | None, untokened: tuple[str, ...] = (), al
             "clients send none): pass --compat-without-token to allow that, on a network you trust, or keep "
             "--host 127.0.0.1"
         )
-
-
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas. By default every thread that allocates may get an arena of its own (up to 8 per
-    core), each keeping the memory freed in it; with a thread pool decoding uploads the server's RSS then climbs
-    for the first thousand or so requests (by 9 to 12% in benchmarks/serve.py). Two arenas keep it flat. The same
-    as MALLOC_ARENA_MAX=2; call it before the threads start. False where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-8, arenas))  # -8: M_ARENA_MAX
-    except (OSError, AttributeError):
-        return False
 
 
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
