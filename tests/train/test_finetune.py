@@ -184,3 +184,41 @@ def test_a_collection_remembers_its_adapter(tmp_path, student, pairs_jsonl):
     vectors = Collection.open(tmp_path / "emb").embeddings().astype("float32")
     scores = [h["score"] for h in json.loads(found.stdout)]
     assert max(scores) == pytest.approx(float((vectors @ expected[0]).max()), abs=2e-3)
+
+
+def test_resume_with_validation_gives_the_uninterrupted_best(tmp_path, student, pairs_jsonl, monkeypatch):
+    from safetensors.torch import load_file
+
+    from altclip.train import finetune
+
+    def phase_and_validation(out):
+        phase = finetune_phase(student, pairs_jsonl, FinetuneConfig(LoRAConfig(rank=2, alpha=4, dropout=0.1)))
+        val = finetune.split_validation(phase, 0.25, 0, out)
+        return phase, finetune.Validation(val, every=2, score=retrieval_scores)
+
+    settings = dict(steps=8, batch_size=8, lr=5e-3, save_every=2, progress=False)
+    phase, validation = phase_and_validation(tmp_path / "straight")
+    straight = finetune.run_finetune(phase, TrainConfig(tmp_path / "straight", **settings), validation)
+
+    real = finetune.Validator.__call__
+
+    def crash_at_5(self, step, loss):
+        stop = real(self, step, loss)
+        if step == 5:
+            raise Crash
+        return stop
+
+    monkeypatch.setattr(finetune.Validator, "__call__", crash_at_5)
+    phase, validation = phase_and_validation(tmp_path / "cut")
+    with pytest.raises(Crash):
+        finetune.run_finetune(phase, TrainConfig(tmp_path / "cut", **settings), validation)
+    monkeypatch.undo()
+    phase, validation = phase_and_validation(tmp_path / "cut")
+    resumed = finetune.run_finetune(phase, TrainConfig(tmp_path / "cut", resume=True, **settings), validation)
+    assert (resumed["best_step"], resumed["best"]) == (straight["best_step"], straight["best"])
+    logs = [(tmp_path / run / "validation.jsonl").read_text() for run in ("straight", "cut")]
+    assert logs[0] == logs[1]
+    ours, theirs = (
+        load_file(str(tmp_path / run / "model" / "adapter_model.safetensors")) for run in ("cut", "straight")
+    )
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

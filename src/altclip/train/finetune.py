@@ -217,9 +217,10 @@ class Validator:
         model = self.phase.model
         was_training = model.training
         model.eval()
-        try:
-            embedder = Embedder(model, self.phase.processor, batch_size=64)  # type: ignore[arg-type]
-            scores = self.validation.score(embedder, self.validation.data)
+        try:  # its own random state: a data loader draws a seed, which would shift training's dropout after it
+            with torch.random.fork_rng(devices=[]):
+                embedder = Embedder(model, self.phase.processor, batch_size=64)  # type: ignore[arg-type]
+                scores = self.validation.score(embedder, self.validation.data)
         finally:
             model.train(was_training)
         languages = {lang: s.to_json() for lang, s in scores.items()}
