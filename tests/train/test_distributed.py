@@ -95,3 +95,24 @@ def test_two_processes_resume_exactly_each_with_its_own_dropout(tmp_path, studen
     saved = tmp_path / "resumed" / "checkpoints" / "step-000003"
     streams = [torch.load(saved / f"rng-{rank:05d}.pt", weights_only=True)["torch"] for rank in (0, 1)]
     assert not torch.equal(*streams)
+
+
+def test_finetune_with_lora_and_validation_on_two_processes(tmp_path, student, pairs_jsonl):
+    """LoRA, augmentation and validation under torchrun: the losses of one process on the same global batch, and
+    both processes stop together on the same validation scores."""
+
+    def finetune(out: Path, processes: int, batch: int) -> list[float]:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+        launcher += [f"--master_port={free_port()}", "--master_addr=127.0.0.1"]
+        command = [*(launcher if processes > 1 else [sys.executable]), "-m", "altclip.cli", "finetune"]
+        command += ["--model", str(student), "--data", str(pairs_jsonl), "--out", str(out), "--lora", "2"]
+        command += ["--lora-dropout", "0", "--val", "0.25", "--val-every", "2", "--patience", "1", "--steps", "8"]
+        command += ["--batch-size", str(batch), "--lr", "5e-3", "--json"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env())
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+    one, two = finetune(tmp_path / "one", 1, 4), finetune(tmp_path / "two", 2, 2)
+    assert len(one) == len(two) and one == pytest.approx(two, abs=1e-5)
+    logs = [(tmp_path / run / "validation.jsonl").read_text().splitlines() for run in ("one", "two")]
+    assert [json.loads(r)["step"] for r in logs[0]] == [json.loads(r)["step"] for r in logs[1]]
