@@ -222,3 +222,39 @@ def test_resume_with_validation_gives_the_uninterrupted_best(tmp_path, student, 
         load_file(str(tmp_path / run / "model" / "adapter_model.safetensors")) for run in ("cut", "straight")
     )
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_clip_fine_tunes_too(tmp_path, teacher, pairs_jsonl, lora):
+    """The CLIP family: adapters merged into a folder transformers' CLIPModel reads, or its last layer unlocked."""
+    config = FinetuneConfig(LoRAConfig(rank=2), merge=True) if lora else FinetuneConfig(unlock_image_layers=1)
+    trainer = run(tmp_path, teacher, pairs_jsonl, config, "clip", steps=3)
+    assert trainer.phase.counts["trainable"] > 0
+    ours = altclip.CLIPModel.from_pretrained(tmp_path / "clip" / "model")
+    base = altclip.CLIPModel.from_pretrained(teacher)
+    changed = {k for k, v in base.state_dict().items() if not torch.equal(v, ours.state_dict()[k])}
+    assert changed and (
+        lora
+        or all(
+            k.startswith(
+                (
+                    "text_model.",
+                    f"vision_model.encoder.layers.{base.config.vision_config.num_hidden_layers - 1}.",
+                    "vision_model.post",
+                    "text_projection",
+                    "visual_projection",
+                    "logit_scale",
+                )
+            )
+            for k in changed
+        )
+    )
+    processor = altclip.CLIPProcessor.from_pretrained(tmp_path / "clip" / "model")
+    inputs = processor(
+        text=["a red circle"], images=[trainer.phase.dataset.rows[0]["image"]], padding=True, return_tensors="pt"
+    )
+    theirs = transformers.CLIPModel.from_pretrained(tmp_path / "clip" / "model").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(**inputs).logits_per_image, theirs(**inputs).logits_per_image, atol=1e-5, rtol=0
+        )
