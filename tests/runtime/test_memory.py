@@ -15,8 +15,8 @@ def test_the_options_take_on_glibc_only():
 
 
 def test_a_fixed_threshold_gives_freed_blocks_back():
-    """Freeing a 1 MiB block after a 32 MiB one: with glibc's moving threshold the small block stays in the heap;
-    with the threshold fixed, the resident memory after freeing many of them is back where it was."""
+    """1 MiB blocks after a freed 32 MiB one: with glibc's moving threshold they come from the heap and, freed below
+    a live block, stay resident; with the threshold fixed each is mapped and unmapped, and the memory goes back."""
     script = """
 import resource, sys, torch
 from altclip.runtime.memory import fix_mmap_threshold
@@ -25,6 +25,7 @@ if sys.argv[1] == "fixed":
 big = torch.empty(8 * 2**20)  # a mapped 32 MiB block, freed: glibc's threshold moves up to it
 del big
 blocks = [torch.ones(2**18) for _ in range(600)]  # 600 x 1 MiB
+pin = torch.ones(2**18)  # above them in the heap: glibc cannot trim the heap below a live block
 del blocks
 print(int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize())
 """
