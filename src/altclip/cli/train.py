@@ -210,6 +210,15 @@ def training_options() -> argparse.ArgumentParser:
     return options
 
 
+def add_local_loss(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--local-loss",
+        action="store_true",
+        help="each process scores its rows against the gathered batch (open_clip's local loss): the same "
+        "loss and gradients as the global one, in O(rows x global batch) memory",
+    )
+
+
 def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     p = command(sub, "init", cmd_init)
     p.add_argument("--clip", required=True, help="the CLIP teacher (hub name or folder)")
@@ -240,12 +249,7 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     p = command(phases, "contrastive", cmd_contrastive, [training])
     p.add_argument("--model", required=True, help="the AltCLIP (or CLIP) model to train")
     p.add_argument("--unfreeze-vision", action="store_true", help="train the image tower too")
-    p.add_argument(
-        "--local-loss",
-        action="store_true",
-        help="each process scores its rows against the gathered batch (open_clip's local loss): the same "
-        "loss and gradients as the global one, in O(rows x global batch) memory",
-    )
+    add_local_loss(p)
     p.add_argument(
         "--cache-images",
         action="store_true",
@@ -284,4 +288,4 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=int, default=100, help="steps between validations (and at the last step)")
     p.add_argument("--val-metric", default="MR", help="MR (mean over languages of each one's MR) or MR:LANG")
     p.add_argument("--patience", type=int, help="stop after this many validations without a better score")
-    p.add_argument("--local-loss", action="store_true", help="see `altclip train contrastive --help`")
+    add_local_loss(p)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,18 +271,25 @@ class CLIPImageProcessor:
         return array
 
     def preprocess_file(
-        self, path: str | Path | bytes, draft_min_side: int | None = None, name: str = "upload"
+        self,
+        path: str | Path | bytes,
+        draft_min_side: int | None = None,
+        name: str = "upload",
+        transform: Callable[[Image.Image], Image.Image] | None = None,
     ) -> tuple[np.ndarray, int, int]:
         """One image file (or an upload's bytes, ``name`` in errors) -> (pixels, width, height): the one reading
         path of embedding, training, evaluation and the server.
 
         Every failure, a decoder's own bug included, is an ``ImageLoadError`` whose ``kind`` says why, so
-        batch jobs skip and count the file and go on. ``draft_min_side``: see ``load_image``.
+        batch jobs skip and count the file and go on. ``draft_min_side``: see ``load_image``. ``transform``:
+        applied to the decoded image before preprocessing (training's augmentation); the size returned is the
+        file's.
         """
         where = name if isinstance(path, bytes) else str(path)
         try:
             image = load_image(path, draft_min_side, name)
-            return self.preprocess_one(image, where), *image.size
+            pixels = self.preprocess_one(image if transform is None else transform(image), where)
+            return pixels, *image.size
         except ImageLoadError:
             raise
         except Exception as err:  # a decoder bug must not end a long job

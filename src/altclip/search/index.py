@@ -15,7 +15,7 @@ Vectors are unit length, so inner product is cosine similarity. Kinds, built wit
 ``auto`` takes ``flat`` up to ``EXACT_MAX`` vectors, ``hnsw`` up to ``HNSW_MAX`` when it fits the budget, and
 ``ivfpq`` beyond. A trained index learns from a sample of the vectors; then every part is added in turn,
 read memory-mapped, so the vectors are never all in memory. Each vector's id in the index is its part's id
-and its row in the part (``vector_ids``), which an update of the collection leaves alone: parts never change
+and its row in the part (``ids_of``), which an update of the collection leaves alone: parts never change
 once written, an update writes new ones and drops the ones it replaced. Its search parameter (HNSW's efSearch, IVF's
 nprobe) is tuned on held-out queries: the smallest value whose recall@10 against exact search reaches
 ``RECALL_TARGET``. The queries are the collection's caption vectors when it has them (real cross-modal
@@ -104,7 +104,7 @@ class IndexInfo(Result):
     recall_at_build: float | None = None  # recall@10 when it was built
     updates_in_place: int = 0  # updates since the build that added and removed vectors in place
     changed_since_build: int = 0  # vectors added and removed in place since the build
-    last_update: dict[str, Any] | None = None  # the last in-place update: added, removed, seconds
+    last_update: dict[str, Any] | None = None  # the last in-place update since the build: added, removed, seconds
 
     @property
     def exact(self) -> bool:
@@ -203,18 +203,16 @@ def build_index(
     if count == 0:
         raise InputError(f"{folder} holds no embedded images to index")
     choice = choose_index(count, dim, budget, kind, exact_max)
-    queries, query_rows, query_source = held_out_queries(collection, count, seed)
-    truth = Truth(collection, queries, query_rows, *exact_search(collection, queries, RECALL_K + 1))  # before the
-    # index takes its memory
+    truth, query_source = measured_truth(collection, count, seed)  # before the index takes its memory
 
     index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     trained_on, checked = 0, None
     if not index.is_trained:
         lists = ivfpq_lists(count)
-        sample = sample_rows(collection, count, min(TRAIN_MAX, TRAIN_PER_LIST * lists), query_rows, seed)
+        sample = sample_rows(collection, count, min(TRAIN_MAX, TRAIN_PER_LIST * lists), truth.rows, seed)
         trained_on = len(sample)
         if choice.factory.startswith("OPQ"):
-            choice, index, checked = opq_or_not(choice, sample, queries)
+            choice, index, checked = opq_or_not(choice, sample, truth.queries)
         else:
             index.train(sample)
         del sample
@@ -224,7 +222,8 @@ def build_index(
         reserve_codes(faiss.downcast_index(index.refine_index), count)
     if not native_ids(choice.factory):
         index = faiss.IndexIDMap(index)
-    ids = vector_ids(collection)
+    parts = part_counts(collection)
+    ids = ids_of(parts)
     start = 0
     for vectors in collection.blocks(block=ADD_BLOCK):  # a block of a part at a time
         index.add_with_ids(vectors.astype(np.float32), ids[start : start + len(vectors)])
@@ -239,7 +238,7 @@ def build_index(
         dim=dim,
         params=params,
         recall_at_10=round(recall, 4),
-        recall_queries={"count": len(queries), "source": query_source},
+        recall_queries={"count": len(truth.queries), "source": query_source},
         trained_on=trained_on,
         opq_check=checked,
         memory_budget_bytes=budget,
@@ -247,7 +246,7 @@ def build_index(
         build_seconds=round(time.perf_counter() - started, 1),
         file_bytes=0,
         generation=collection.generation,
-        parts=part_counts(collection),
+        parts=parts,
         built_because=because,
         recall_at_build=round(recall, 4),
     )
@@ -287,12 +286,9 @@ def part_counts(collection: Collection) -> list[list[int]]:
     return [[part, len(v)] for part, v in zip(collection.finished_parts(), maps, strict=True)]
 
 
-def vector_ids(collection: Collection) -> np.ndarray:
-    """(count,) int64: each vector's id in the index, in vector order (increasing, as the parts' ids are)."""
-    return ids_of(part_counts(collection))
-
-
 def ids_of(parts: list[list[int]]) -> np.ndarray:
+    """(vectors,) int64: each vector's id, in vector order ([part id, vectors] of each part, as ``part_counts``
+    gives them; increasing, as the parts' ids are)."""
     blocks = [(part << ROW_BITS) + np.arange(rows, dtype=np.int64) for part, rows in parts]
     return np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
 
@@ -350,21 +346,19 @@ def update_index(
     for part in added:
         vectors = np.load(collection.part_files(part).img).astype(np.float32)
         index.add_with_ids(vectors, ids_of([[part, len(vectors)]]))
-    ids = vector_ids(collection)
-    queries, query_rows, query_source = held_out_queries(collection, count, seed)
-    truth = Truth(collection, queries, query_rows, *exact_search(collection, queries, RECALL_K + 1))
-    params, recall = tune(index, Choice(info.kind, info.factory, 0, info.why), truth, ids)
+    truth, query_source = measured_truth(collection, count, seed)
+    params, recall = tune(index, Choice(info.kind, info.factory, 0, info.why), truth, ids_of(current))
     floor = RECALL_TARGET - RECALL_SLACK
     if (info.recall_at_build or 0.0) >= RECALL_TARGET and recall < floor:
         del index
         return rebuild(because=f"built again: recall@10 fell to {recall:.3f} in place, below {floor:.3f}")
     info.count, info.params, info.recall_at_10 = count, params, round(recall, 4)
-    info.recall_queries = {"count": len(queries), "source": query_source}
+    info.recall_queries = {"count": len(truth.queries), "source": query_source}
     info.generation, info.parts = collection.generation, current
     info.updates_in_place += 1
     info.changed_since_build = changed
     seconds = round(time.perf_counter() - started, 2)
-    info.last_update = {"added": added_rows, "removed": removed_rows, "seconds": seconds, "in_place": True}
+    info.last_update = {"added": added_rows, "removed": removed_rows, "seconds": seconds}
     return save_index(collection, index, info)
 
 
@@ -406,6 +400,12 @@ def reserve_codes(codes_index: Any, count: int) -> None:
     8-bit codes); a resize up and back to empty keeps the capacity."""
     codes_index.codes.resize(count * codes_index.code_size)
     codes_index.codes.resize(0)
+
+
+def measured_truth(collection: Collection, count: int, seed: int) -> tuple[Truth, str]:
+    """The held-out queries with their exact neighbours (what recall is measured against), and their source."""
+    queries, rows, source = held_out_queries(collection, count, seed)
+    return Truth(collection, queries, rows, *exact_search(collection, queries, RECALL_K + 1)), source
 
 
 def held_out_queries(collection: Collection, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -496,7 +496,7 @@ class Truth:
 
 def tune(index: Any, choice: Choice, truth: Truth, ids: np.ndarray) -> tuple[dict[str, int], float]:
     """The cheapest search parameter reaching ``RECALL_TARGET`` (or the most accurate tried) and its recall;
-    ``ids``: each row's id in the index (``vector_ids``)."""
+    ``ids``: each row's id in the index (``ids_of``)."""
     k = min(RECALL_K, index.ntotal - (1 if len(truth.rows) else 0))
     fetch = min(index.ntotal, k + 1)
 
@@ -578,7 +578,7 @@ class SearchIndex:
                 raise InputError(
                     f"{folder}: the index holds other parts than the collection; rebuild it: `altclip index {folder}`"
                 )
-            self.ids = vector_ids(self.collection)
+            self.ids = ids_of(self.info.parts)
         self.sources = self.collection.image_sources()  # where each image can be read
         self.paths = [s.path if isinstance(s, TarMember) else s for s in self.sources]
         if len(self.paths) != self.index.ntotal:

@@ -116,22 +116,21 @@ class State:
         files = {key: Entry(*entry) for key, entry in listed.items()}
         return cls(values["generation"], values["next_part"], list(values["parts"]), files)
 
-    def write(self, folder: Path) -> int:
+    def write(self, folder: Path) -> None:
         """The part files not written yet, then ``files.json`` naming them (the commit), then the part files no
-        longer named are deleted. Returns the bytes written."""
+        longer named are deleted."""
         by_part: dict[int, dict[str, list[Any]]] = {part: {} for part in self.parts}
         for key, entry in self.files.items():
             by_part[entry.part][key] = entry.to_json()
-        names, written = {}, 0
+        names = {}
         for part, entries in by_part.items():
             text = json.dumps(entries, ensure_ascii=False).encode()
             names[str(part)] = f"files_{part:05d}-{hashlib.blake2b(text, digest_size=8).hexdigest()}.json"
-            if not (folder / STATE / names[str(part)]).exists():
-                written += atomic_write_bytes(folder / STATE / names[str(part)], text + b"\n").stat().st_size
+            if not (folder / STATE / names[str(part)]).exists():  # named by its content: written once
+                atomic_write_bytes(folder / STATE / names[str(part)], text + b"\n")
         root = {"generation": self.generation, "next_part": self.next_part, "parts": self.parts, "state": names}
-        written += write_json(folder / FILES, root, indent=None).stat().st_size
+        write_json(folder / FILES, root, indent=None)
         remove_unnamed_states(folder, set(names.values()))
-        return written
 
 
 def remove_unnamed_states(folder: Path, named: set[str]) -> None:

@@ -20,7 +20,7 @@ from altclip.data.datafiles import Table
 from altclip.data.imagefiles import preprocess_source
 from altclip.data.shards import ShardSample, TarMember, scan_shard, scanned_ahead
 from altclip.processing.augment import Augment, sample_rng
-from altclip.processing.image import CLIPImageProcessor, ImageLoadError, load_image, to_rgb
+from altclip.processing.image import CLIPImageProcessor, ImageLoadError, to_rgb
 from altclip.processing.tokenization import Tokenizer
 
 LENGTH_GROUP = 50  # global micro-batches sorted together by length when grouping (as transformers' Trainer does)
@@ -71,10 +71,12 @@ class ImagePairs(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray | None, str]:
-        """(pixels, caption), or (None, the failure's kind)."""
-        row = self.rows[index]
+        return self.pair(self.rows[index])
+
+    def pair(self, row: dict[str, Any], transform: Callable[[Image.Image], Image.Image] | None = None) -> Any:
+        """(pixels, caption), or (None, the failure's kind); ``transform``: see ``preprocess_file``."""
         try:
-            pixels, _, _ = self.processor.preprocess_file(row["image"])
+            pixels, _, _ = self.processor.preprocess_file(row["image"], transform=transform)
         except ImageLoadError as err:
             return None, err.kind
         return pixels, row["caption"]
@@ -93,17 +95,14 @@ class AugmentedPairs(ImagePairs):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray | None, str]:  # type: ignore[override]
         epoch, index = key
-        row = self.rows[index]
-        where = str(row["image"])
-        crop = self.processor.crop_size
-        try:
-            image = Image.fromarray(to_rgb(load_image(row["image"]), where))
-            image = self.augment(image, (crop["height"], crop["width"]), sample_rng(self.seed, epoch, index))
-            return self.processor.preprocess_one(image, where), row["caption"]
-        except ImageLoadError as err:
-            return None, err.kind
-        except Exception as err:  # a decoder bug must not end a long job
-            return None, ImageLoadError(where, "unreadable", f"{type(err).__name__}: {err}").kind
+        row, crop = self.rows[index], self.processor.crop_size
+        rng = sample_rng(self.seed, epoch, index)
+
+        def augment(image: Image.Image) -> Image.Image:
+            rgb = Image.fromarray(to_rgb(image, str(row["image"])))
+            return self.augment(rgb, (crop["height"], crop["width"]), rng)
+
+        return self.pair(row, augment)
 
 
 def tokens(tokenizer: Tokenizer, texts: list[str], limit: int, prefix: str = "") -> dict[str, torch.Tensor]:

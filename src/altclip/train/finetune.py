@@ -183,13 +183,16 @@ class Validator:
     on the same data, so all of them stop together; process 0 writes. ``restore`` puts the best weights back
     (``FinetunePhase.export`` calls it), so the run's model is the best one, not the last."""
 
-    def __init__(self, phase: FinetunePhase, validation: Validation, out: Path, total: int, main: bool = True) -> None:
+    def __init__(
+        self, phase: FinetunePhase, validation: Validation, out: Path, total: int, start: int = 0, main: bool = True
+    ) -> None:
         self.phase, self.validation, self.out, self.total, self.main = phase, validation, out, total, main
         self.best: float | None = None
         self.best_step: int | None = None
         self.stale = 0
-        for record in read_log(out / VALIDATION_LOG):  # a resumed run goes on from what it had found
-            self._account(record["step"], record["value"])
+        for record in read_log(out / VALIDATION_LOG):  # a run resumed at ``start`` goes on from what it had found
+            if record["step"] <= start:  # later ones run again
+                self._account(record["step"], record["value"])
 
     def __call__(self, step: int, loss: float) -> bool:
         if step % self.validation.every and step != self.total:
@@ -299,7 +302,9 @@ def run_finetune(phase: FinetunePhase, train: TrainConfig, validation: Validatio
     try:
         validator = None
         if validation is not None:
-            validator = Validator(phase, validation, train.out, trainer.total, trainer.group.main)
+            validator = Validator(
+                phase, validation, train.out, trainer.total, trainer.progress.step, trainer.group.main
+            )
             phase.before_export = validator.restore
         result = trainer.fit(validator).to_json()
     finally:
