@@ -186,7 +186,10 @@ def test_a_collection_remembers_its_adapter(tmp_path, student, pairs_jsonl):
     assert max(scores) == pytest.approx(float((vectors @ expected[0]).max()), abs=2e-3)
 
 
-def test_resume_with_validation_gives_the_uninterrupted_best(tmp_path, student, pairs_jsonl, monkeypatch):
+@pytest.mark.parametrize(("save_every", "crash"), [(2, 5), (4, 7)])  # (4, 7): a validation past the checkpoint
+def test_resume_with_validation_gives_the_uninterrupted_best(
+    tmp_path, student, pairs_jsonl, monkeypatch, save_every, crash
+):
     from safetensors.torch import load_file
 
     from altclip.train import finetune
@@ -196,19 +199,19 @@ def test_resume_with_validation_gives_the_uninterrupted_best(tmp_path, student, 
         val = finetune.split_validation(phase, 0.25, 0, out)
         return phase, finetune.Validation(val, every=2, score=retrieval_scores)
 
-    settings = dict(steps=8, batch_size=8, lr=5e-3, save_every=2, progress=False)
+    settings = dict(steps=8, batch_size=8, lr=5e-3, save_every=save_every, progress=False)
     phase, validation = phase_and_validation(tmp_path / "straight")
     straight = finetune.run_finetune(phase, TrainConfig(tmp_path / "straight", **settings), validation)
 
     real = finetune.Validator.__call__
 
-    def crash_at_5(self, step, loss):
+    def crash_after(self, step, loss):
         stop = real(self, step, loss)
-        if step == 5:
+        if step == crash:
             raise Crash
         return stop
 
-    monkeypatch.setattr(finetune.Validator, "__call__", crash_at_5)
+    monkeypatch.setattr(finetune.Validator, "__call__", crash_after)
     phase, validation = phase_and_validation(tmp_path / "cut")
     with pytest.raises(Crash):
         finetune.run_finetune(phase, TrainConfig(tmp_path / "cut", **settings), validation)
@@ -258,3 +261,15 @@ def test_clip_fine_tunes_too(tmp_path, teacher, pairs_jsonl, lora):
         torch.testing.assert_close(
             ours(**inputs).logits_per_image, theirs(**inputs).logits_per_image, atol=1e-5, rtol=0
         )
+
+
+def test_a_resumed_validator_counts_only_the_validations_before_its_checkpoint(tmp_path):
+    from altclip.train import finetune
+
+    log = [{"step": 2, "value": 1.0}, {"step": 4, "value": 3.0}, {"step": 6, "value": 2.0}]
+    (tmp_path / finetune.VALIDATION_LOG).write_text("".join(json.dumps(r) + "\n" for r in log))
+    validation = finetune.Validation(tmp_path / "val.jsonl", every=2, score=retrieval_scores)
+    at_4 = finetune.Validator(None, validation, tmp_path, total=8, start=4)  # step 6 runs again after it
+    at_6 = finetune.Validator(None, validation, tmp_path, total=8, start=6)
+    assert (at_4.best_step, at_4.best, at_4.stale) == (4, 3.0, 0)
+    assert (at_6.best_step, at_6.best, at_6.stale) == (4, 3.0, 1)
