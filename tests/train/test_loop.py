@@ -77,6 +77,20 @@ def test_contrastive_learns_with_a_frozen_image_tower(tmp_path, student, pairs_j
         torch.testing.assert_close(end(**inputs).logits_per_image, theirs(**inputs).logits_per_image, atol=1e-5, rtol=0)
 
 
+def test_patch_dropout_trains_the_image_tower_on_half_its_patches(tmp_path, student, pairs_jsonl):
+    phase = contrastive_phase(student, pairs_jsonl, freeze_vision=False, cache_images=True)
+    tokens: list[int] = []
+    phase.model.vision_model.encoder.register_forward_hook(lambda m, args, out: tokens.append(args[0].shape[1]))
+    Trainer(phase, TrainConfig(tmp_path, steps=3, batch_size=8, patch_dropout=0.5, progress=False)).fit()
+    vision = phase.model.config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    assert tokens and set(tokens) == {1 + round(patches / 2)}  # the class token and half the patches
+    phase.model.eval()  # inference reads every patch
+    phase.model.get_image_features(torch.zeros(1, 3, vision.image_size, vision.image_size))
+    assert tokens[-1] == 1 + patches
+    assert "patch_dropout" not in (tmp_path / "model" / "config.json").read_text()  # a training setting alone
+
+
 class Crash(RuntimeError):
     pass
 

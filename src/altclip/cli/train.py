@@ -51,7 +51,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from altclip.train.phases import distillation_phase
 
     phase = distillation_phase(
-        args.teacher, args.student, args.data, shuffle_buffer=args.shuffle_buffer, cache_targets=args.cache_targets
+        args.teacher,
+        args.student,
+        args.data,
+        shuffle_buffer=args.shuffle_buffer,
+        cache_targets=args.cache_targets,
+        source_fraction=args.source_fraction,
     )
     return train(args, phase)
 
@@ -198,6 +203,8 @@ def training_options() -> argparse.ArgumentParser:
           "a gradient scaler); fp32, bf16 and fp16 are accepted too", choices=TRAINING_PRECISIONS)  # fmt: skip
     field("--gradient-checkpointing", "recompute activations in the backward pass")
     field("--group-by-length", "batches of texts of about one length (less padding; a data file, not tar shards)")
+    field("--patch-dropout", "the share of patch tokens a training image tower drops (open_clip's patch dropout, "
+          "FLIP; with --unfreeze-vision): 0.5 about halves the tower's cost")  # fmt: skip
     field("--seed")
     field("--save-every", "steps between checkpoints (0: only at the end)")
     field("--keep", "newest checkpoints kept; 0: none once the final model is written (the newest stays while "
@@ -246,6 +253,14 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
         help="compute the teacher's vector once per distinct English sentence and keep it (memory grows with "
         "them): for data where each English sentence has many translations",
     )
+    p.add_argument(
+        "--source-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="the share of each batch whose English side the student reads too (default 1: all, as the paper); "
+        "where each English sentence has many translations, 0.25 reads each about as often at less cost",
+    )
     p = command(phases, "contrastive", cmd_contrastive, [training])
     p.add_argument("--model", required=True, help="the AltCLIP (or CLIP) model to train")
     p.add_argument("--unfreeze-vision", action="store_true", help="train the image tower too")
@@ -253,8 +268,8 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-images",
         action="store_true",
-        help="with the image tower frozen, compute each distinct image's features once and keep them (memory "
-        "grows with them): for data where each image has many captions",
+        help="decode each distinct image once and keep its pixels, and with the image tower frozen its features "
+        "too (memory grows with them): for small data sets read many times, where each image has many captions",
     )
 
     p = command(sub, "finetune", cmd_finetune, [training])

@@ -70,7 +70,9 @@ class DemoConfig:
     vocab_size: int = 8000
     character_coverage: float = 0.9995
     teacher_lr: float = 1e-3
+    teacher_patch_dropout: float = 0.0  # the share of patch tokens the teacher's image tower drops in training
     distill_lr: float = 3e-3
+    distill_source_fraction: float = 1.0  # the share of each batch whose English side the student reads too
     contrastive_lr: float = 2e-4
     contrastive_logit_scale: float | None = None  # phase 2 starts from this scale (None: the teacher's, copied)
     student_dropout: float = 0.05  # the student tower's hidden dropout
@@ -113,6 +115,7 @@ def _train(config: DemoConfig, stage: str, phase: Any, warmup: int) -> Path:
         save_every=200,
         resume=True,
         group_by_length=getattr(config, f"{stage}_group_by_length", False),
+        patch_dropout=getattr(config, f"{stage}_patch_dropout", 0.0),
         workers=config.workers,
         device=config.device,
         progress=config.progress,
@@ -166,7 +169,7 @@ def make_teacher(config: DemoConfig, data: EmojiSet) -> Path:
         size={"shortest_edge": config.image_size}, crop_size={"height": config.image_size, "width": config.image_size}
     )
     CLIPProcessor(image_processor, tokenizer).save_pretrained(init)
-    phase = contrastive_phase(init, data.folder / "teacher_pairs.jsonl", freeze_vision=False)
+    phase = contrastive_phase(init, data.folder / "teacher_pairs.jsonl", freeze_vision=False, cache_images=True)
     say(config, f"teacher: CLIP, {phase.model.num_parameters():,} parameters, {len(data.train)} English pairs")
     return _train(config, "teacher", phase, warmup=50)
 
@@ -248,7 +251,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
     say(config, "[4/5] phase 1: distillation on the parallel names; phase 2: contrastive on multilingual pairs")
     distilled = config.out / "distill" / "model"
     if not _stage_done(distilled):
-        phase = distillation_phase(teacher, student, data.folder / "parallel.tsv", cache_targets=True)
+        phase = distillation_phase(
+            teacher,
+            student,
+            data.folder / "parallel.tsv",
+            cache_targets=True,
+            source_fraction=config.distill_source_fraction,
+        )
         distilled = _train(config, "distill", phase, warmup=50)
     clock.lap("distillation")
     altclip_model = config.out / "contrastive" / "model"

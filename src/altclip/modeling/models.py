@@ -152,7 +152,15 @@ class PreTrainedModel(nn.Module):
         one length instead; parity with transformers keeps it off."""
         self._set_flag("padding_free", enable)
 
-    def _set_flag(self, name: str, enable: bool) -> None:
+    def patch_dropout_enable(self, share: float = 0.5) -> None:
+        """In training, image towers read the class token and a random ``1 - share`` of the patch tokens
+        (open_clip's ``patch_dropout``; FLIP, Li et al. 2023): about ``1 - share`` of the cost of a step. Off
+        (0) by default and at inference."""
+        if not 0 <= share < 1:
+            raise InputError(f"patch dropout must be in [0, 1), not {share}")
+        self._set_flag("patch_dropout", share)
+
+    def _set_flag(self, name: str, enable: bool | float) -> None:
         for module in self.modules():
             if hasattr(module, name):
                 setattr(module, name, enable)

@@ -76,6 +76,7 @@ class CLIPVisionTransformer(nn.Module):
         self.pre_layrnorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.encoder = CLIPEncoder(c)
         self.post_layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.patch_dropout = 0.0  # the share of patch tokens dropped in training (``patch_dropout_enable``)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -93,7 +94,19 @@ class CLIPVisionTransformer(nn.Module):
         output_hidden_states: bool = False,
         interpolate_pos_encoding: bool = False,
     ) -> BaseModelOutputWithPooling:
-        x = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
-        out = self.encoder(x, None, output_hidden_states, output_attentions)
+        x = self.embeddings(pixel_values, interpolate_pos_encoding)  # (batch, 1 + patches, dim)
+        if self.training and self.patch_dropout > 0:
+            x = drop_patches(x, self.patch_dropout)  # (batch, 1 + kept, dim)
+        out = self.encoder(self.pre_layrnorm(x), None, output_hidden_states, output_attentions)
         pooled = self.post_layernorm(out.last_hidden_state[:, 0])  # (batch, dim)
         return BaseModelOutputWithPooling(out.last_hidden_state, pooled, out.hidden_states, out.attentions)
+
+
+def drop_patches(x: Tensor, share: float) -> Tensor:
+    """(batch, 1 + patches, dim) tokens, the class token first -> the class token and a random
+    ``1 - share`` of the patch tokens of each image, in their order (open_clip's ``patch_dropout``, FLIP)."""
+    batch, patches = x.shape[0], x.shape[1] - 1
+    kept = max(1, round(patches * (1 - share)))
+    chosen = torch.rand(batch, patches, device=x.device).topk(kept, dim=1).indices.sort(dim=1).values + 1
+    rows = torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=x.device), chosen], dim=1)  # (batch, 1 + kept)
+    return x.gather(1, rows[..., None].expand(-1, -1, x.shape[2]))

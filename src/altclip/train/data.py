@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from altclip.data.datafiles import Table
 from altclip.data.imagefiles import preprocess_source
@@ -66,12 +67,24 @@ class ImagePairs(Dataset):
 
     def __init__(self, table: Table, processor: CLIPImageProcessor) -> None:
         self.rows, self.processor = table.rows, processor
+        self.decoded: dict[str, tuple[np.ndarray | None, str]] | None = None  # image -> ``pair``'s answer
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray | None, str]:
-        return self.pair(self.rows[index])
+        row = self.rows[index]
+        if self.decoded is None:
+            return self.pair(row)
+        pixels, why = self.decoded[row["image"]]
+        return (pixels, row["caption"]) if pixels is not None else (None, why)
+
+    def preload(self, progress: bool = False) -> None:
+        """Decode each distinct image once, now, and keep its pixels (or why it could not be read): for a small
+        data set read for many epochs with the image tower training. The loader's workers inherit them."""
+        images = sorted({row["image"] for row in self.rows})
+        bar = tqdm(images, desc="decoding images", unit="image", disable=not progress, dynamic_ncols=True)
+        self.decoded = {image: self.pair({"image": image, "caption": ""}) for image in bar}
 
     def pair(self, row: dict[str, Any], transform: Callable[[Image.Image], Image.Image] | None = None) -> Any:
         """(pixels, caption), or (None, the failure's kind); ``transform``: see ``preprocess_file``."""

@@ -71,6 +71,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     padding_free: bool = True  # XLM-R towers skip their padding (``PreTrainedModel.padding_free_enable``)
     group_by_length: bool = False  # batches of texts of about one length: less padding (``micro_batch_indices``)
+    patch_dropout: float = 0.0  # the share of patch tokens a training image tower drops (``patch_dropout_enable``)
     seed: int = 0
     save_every: int = 0  # steps between checkpoints; 0: only the last one
     keep: int = 2  # newest checkpoints kept; 0: none once the final model is written
@@ -189,6 +190,7 @@ class Trainer:
         if config.gradient_checkpointing:
             phase.model.gradient_checkpointing_enable()
         phase.model.padding_free_enable(config.padding_free)
+        phase.model.patch_dropout_enable(config.patch_dropout)
         phase.objective.to(self.group.device).train()
         self.module: torch.nn.Module = phase.objective
         if self.group.world > 1:

@@ -39,11 +39,12 @@ def distillation_phase(
     data: str | Path,
     shuffle_buffer: int = SHUFFLE_BUFFER,
     cache_targets: bool = False,
+    source_fraction: float = 1.0,
 ) -> Phase:
     """Phase 1 on parallel text: the teacher is a CLIP checkpoint, the student an AltCLIP one.
 
     ``cache_targets``: compute the teacher's target once per distinct English sentence (``FrozenOutputs``),
-    where each English sentence comes with many translations.
+    where each English sentence comes with many translations. ``source_fraction``: see ``Distillation``.
 
     ``data``: a TSV or JSONL file, read by line offset and never whole (``ParallelLines``), or tar shards
     whose samples hold ``KEY.src.txt`` and ``KEY.tgt.txt`` (and the language in ``KEY.json``), streamed.
@@ -58,7 +59,7 @@ def distillation_phase(
         processor.tokenizer,
         text_token_limit(student_model.config.text_config, processor.tokenizer),
     )
-    objective = Distillation(teacher_model, student_model, cache_targets)
+    objective = Distillation(teacher_model, student_model, cache_targets, source_fraction)
     if is_shard_spec(data):
         stream = ShardStream(expand_shards(data), parallel_task, shuffle_buffer)
         return Phase(objective, student_model, processor, ShardParallel(), collate, stream=stream)
@@ -84,8 +85,10 @@ def contrastive_phase(
     ``local_loss``: each process scores its own rows against the gathered batch (open_clip's ``local_loss``);
     the same loss and gradients, less memory and compute per process on large global batches.
 
-    ``cache_images``: with the image tower frozen, compute each distinct image's features once
-    (``FrozenOutputs``), where every image comes with many captions (several languages, say).
+    ``cache_images``: for small data sets read many times, decode each distinct image once and keep its pixels
+    (``ImagePairs.preload``); with the image tower frozen, also compute each one's features once
+    (``FrozenOutputs``), where every image comes with many captions (several languages, say). Streamed shards
+    keep neither.
     """
     model, processor = load_pretrained(model_path, device="cpu")
     image_processor = processor.image_processor
@@ -95,7 +98,7 @@ def contrastive_phase(
         text_token_limit(model.config.text_config, processor.tokenizer),
         (3, crop["height"], crop["width"]),
     )
-    objective = Contrastive(model, freeze_vision, local_loss, cache_images)  # type: ignore[arg-type]
+    objective = Contrastive(model, freeze_vision, local_loss, cache_images and freeze_vision)  # type: ignore[arg-type]
     if is_shard_spec(data):
         stream = ShardStream(expand_shards(data), pair_task, shuffle_buffer)
         return Phase(objective, model, processor, ShardPairs(image_processor), collate, stream=stream)  # type: ignore[arg-type]
@@ -103,6 +106,8 @@ def contrastive_phase(
     skipped = Counter({f"data: {k}": v for k, v in table.skipped.items()})
     lengths = functools.partial(text_lengths, processor.tokenizer, table.rows, ("caption",))
     dataset = ImagePairs(table, image_processor)
+    if cache_images:
+        dataset.preload()
     return Phase(objective, model, processor, dataset, collate, skipped, lengths=lengths)  # type: ignore[arg-type]
 
 
