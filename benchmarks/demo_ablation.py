@@ -33,6 +33,7 @@ from altclip.tables import format_table
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {"distill_epochs": 1, "distill_lr": 1e-3, "contrastive_epochs": 1},  # the demo before issue 15
     "default": {},  # the demo as it is
+    "full": {"teacher_patch_dropout": 0.0, "distill_source_fraction": 1.0},  # the demo before issue 25's last cuts
     "grouped": {"distill_group_by_length": True},  # issue 25: phase 1 2.2x faster, the worst language 2 points lower
     "grouped-both": {"distill_group_by_length": True, "contrastive_group_by_length": True},
     "teacher6-grouped": {"teacher_epochs": 6, "distill_group_by_length": True},
