@@ -89,6 +89,11 @@ def test_patch_dropout_trains_the_image_tower_on_half_its_patches(tmp_path, stud
     phase.model.get_image_features(torch.zeros(1, 3, vision.image_size, vision.image_size))
     assert tokens[-1] == 1 + patches
     assert "patch_dropout" not in (tmp_path / "model" / "config.json").read_text()  # a training setting alone
+    frozen = contrastive_phase(student, pairs_jsonl, cache_images=True)  # phase 2: the tower is frozen
+    tokens.clear()
+    frozen.model.vision_model.encoder.register_forward_hook(lambda m, args, out: tokens.append(args[0].shape[1]))
+    Trainer(frozen, TrainConfig(tmp_path / "frozen", steps=2, batch_size=8, patch_dropout=0.5, progress=False)).fit()
+    assert tokens and set(tokens) == {1 + patches}  # a frozen tower reads every patch: its kept features stay exact
 
 
 class Crash(RuntimeError):

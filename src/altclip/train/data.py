@@ -81,7 +81,7 @@ class ImagePairs(Dataset):
 
     def preload(self, progress: bool = False) -> None:
         """Decode each distinct image once, now, and keep its pixels (or why it could not be read): for a small
-        data set read for many epochs with the image tower training. The loader's workers inherit them."""
+        data set read for many epochs. The loader's workers inherit them."""
         images = sorted({row["image"] for row in self.rows})
         bar = tqdm(images, desc="decoding images", unit="image", disable=not progress, dynamic_ncols=True)
         self.decoded = {image: self.pair({"image": image, "caption": ""}) for image in bar}

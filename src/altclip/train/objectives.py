@@ -147,9 +147,16 @@ class Contrastive(Objective):
         self.model = model
         self.local_loss = local_loss
         self.images = FrozenOutputs() if cache_images else None
+        self.freeze_vision = freeze_vision
         if freeze_vision:
             freeze(model.vision_model)
             freeze(model.visual_projection)
+
+    def train(self, mode: bool = True) -> Contrastive:
+        super().train(mode)
+        if self.freeze_vision:
+            self.model.vision_model.eval()  # a frozen tower reads every patch (no patch dropout), as kept features
+        return self
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         text = self.model.get_text_features(batch["input_ids"], batch["attention_mask"])
