@@ -68,6 +68,22 @@ def trim_padding(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 class Objective(nn.Module):
     """``forward(batch) -> loss``; ``after_step`` runs after each optimizer step (outside autograd)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[nn.Module] = []  # frozen towers kept in eval mode (``hold``)
+
+    def hold(self, module: nn.Module) -> None:
+        """Freeze ``module`` and keep it in eval mode through ``train()``: a frozen tower neither drops out nor
+        drops patches, so its outputs are the deterministic ones that targets and kept features assume."""
+        freeze(module)
+        self.held.append(module.eval())
+
+    def train(self, mode: bool = True) -> Objective:
+        super().train(mode)
+        for module in self.held:
+            module.eval()
+        return self
+
     def after_step(self) -> None:
         pass
 
@@ -98,18 +114,13 @@ class Distillation(Objective):
                 f"the student's project_dim ({student.config.text_config.project_dim}) must equal the teacher's "
                 f"text width ({width}); build the student with `altclip init`"
             )
-        self.teacher_text = teacher.text_model.eval()
-        freeze(self.teacher_text)
+        self.teacher_text = teacher.text_model
+        self.hold(self.teacher_text)
         self.student = student
         freeze(student.vision_model)
         freeze(student.visual_projection)
         freeze(student.text_projection)
         student.logit_scale.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> Distillation:
-        super().train(mode)
-        self.teacher_text.eval()  # the teacher never drops out
-        return self
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         ids, mask = batch["teacher_ids"], batch["teacher_mask"]
@@ -147,16 +158,9 @@ class Contrastive(Objective):
         self.model = model
         self.local_loss = local_loss
         self.images = FrozenOutputs() if cache_images else None
-        self.freeze_vision = freeze_vision
         if freeze_vision:
-            freeze(model.vision_model)
+            self.hold(model.vision_model)
             freeze(model.visual_projection)
-
-    def train(self, mode: bool = True) -> Contrastive:
-        super().train(mode)
-        if self.freeze_vision:
-            self.model.vision_model.eval()  # a frozen tower reads every patch (no patch dropout), as kept features
-        return self
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         text = self.model.get_text_features(batch["input_ids"], batch["attention_mask"])
