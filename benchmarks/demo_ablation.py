@@ -10,7 +10,8 @@ copied from it rather than trained again, and the seconds each stage took when i
 ``root/times.json``. For each variant the table prints mean and spread (population standard deviation) over
 the seeds of: the teacher's English MR, the distilled student's (phase 1 only) and the final student's English
 MR, the final student's worst language as a fraction of the teacher's English, its mean over the 13 other
-languages, and the teacher's Chinese MR.
+languages, and the teacher's Chinese MR; then the zero-shot tasks (``demo.zeroshot``): the teacher's English
+top-1 and the student's English and worst language as % of it, on the trained flags and the held-out tones.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from altclip.demo import run as demo
+from altclip.demo.cldr import SOURCES
 from altclip.demo.data import LANGUAGES
+from altclip.demo.zeroshot import evaluate_zeroshot
 from altclip.embedder import Embedder
 from altclip.evaluate.retrieval import evaluate_pairs
 from altclip.runtime.hardware import detect_cpu
@@ -69,6 +72,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # quarter of each batch (each English name ~3 times an epoch instead of 13): today's default, named
     "lean": {"distill_source_fraction": 0.25, "teacher_patch_dropout": 0.5},
     "lean50": {"distill_source_fraction": 0.5, "teacher_patch_dropout": 0.5},
+    # issue 29: phase 1 reads CLDR's display names too (``demo.cldr``)
+    "cldr": {"phase1_sources": SOURCES},
+    "cldr-no-locales": {"phase1_sources": tuple(s for s in SOURCES if s != "locales")},
+    "locales": {"phase1_sources": ("locales",)},
+    "locales-vocab12k": {"phase1_sources": ("locales",), "vocab_size": 12000},
 }
 # which DemoConfig fields each stage depends on (a stage is reused when these and the earlier stages' match)
 STAGES = {
@@ -83,7 +91,14 @@ STAGES = {
         "teacher_patch_dropout",
         "batch_size",
     ),
-    "student-init": ("vocab_size", "character_coverage", "student_width", "student_layers", "student_dropout"),
+    "student-init": (
+        "phase1_sources",
+        "vocab_size",
+        "character_coverage",
+        "student_width",
+        "student_layers",
+        "student_dropout",
+    ),
     "distill": ("distill_epochs", "distill_lr", "distill_group_by_length", "distill_source_fraction"),
     "contrastive": ("contrastive_epochs", "contrastive_lr", "contrastive_logit_scale", "contrastive_group_by_length"),
 }
@@ -102,6 +117,17 @@ def mr(embedder_folder: Path, data: Any, device: str) -> dict[str, float]:
     embedder = Embedder.from_pretrained(embedder_folder, device=device, batch_size=256)
     scores, _ = evaluate_pairs(embedder, data.folder / "test.jsonl", workers=0, progress=False)
     return {lang: s.mean_recall for lang, s in scores.items()}
+
+
+def zeroshot(models: dict[str, Path], data: Any, device: str) -> dict[str, Any]:
+    """task -> model -> language -> top-1 (%) on the trained and the held-out emoji."""
+    embedders = {m: Embedder.from_pretrained(f, device=device, batch_size=256) for m, f in models.items()}
+    codes = {name: code for code, name in LANGUAGES.items()}
+    scores: dict[str, Any] = {}
+    for row in evaluate_zeroshot(embedders, data):
+        cell = {"trained": row.seen.top1, "held_out": row.held_out.top1}
+        scores.setdefault(row.task, {}).setdefault(row.method, {})[codes[row.language]] = cell
+    return scores
 
 
 def run_variant(root: Path, name: str, overrides: dict[str, Any], seed: int, times: dict[str, float]) -> dict:
@@ -131,6 +157,7 @@ def run_variant(root: Path, name: str, overrides: dict[str, Any], seed: int, tim
         "teacher": mr(result.teacher, data, config.device),
         "distilled": mr(result.distilled, data, config.device),
         "student": mr(result.model, data, config.device),
+        "zeroshot": zeroshot({"teacher": result.teacher, "student": result.model}, data, config.device),
         "stages": result.stages,  # seconds; a stage copied from an earlier run takes about none
     }
 
@@ -138,6 +165,14 @@ def run_variant(root: Path, name: str, overrides: dict[str, Any], seed: int, tim
 def summarise(runs: list[dict]) -> list[str]:
     def spread(values: list[float]) -> str:
         return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
+
+    def task(name: str, split: str) -> list[str]:
+        """The student's English and worst language as % of the teacher's English."""
+        scores = [r["zeroshot"][name] for r in runs]
+        teacher = [max(s["teacher"]["en"][split], 1e-9) for s in scores]
+        en = [100 * s["student"]["en"][split] / t for s, t in zip(scores, teacher, strict=True)]
+        worst = [100 * min(v[split] for v in s["student"].values()) / t for s, t in zip(scores, teacher, strict=True)]
+        return [spread([s["teacher"]["en"][split] for s in scores]), spread(en), spread(worst)]
 
     teacher_en = [r["teacher"]["en"] for r in runs]
     worst = [min(r["student"][lang] for lang in LANGUAGES) / r["teacher"]["en"] * 100 for r in runs]
@@ -149,6 +184,8 @@ def summarise(runs: list[dict]) -> list[str]:
         spread(others),
         spread(worst),
         spread([r["teacher"]["zh"] for r in runs]),
+        *task("flags", "trained"),
+        *task("tones", "held_out"),
     ]
 
 
@@ -172,6 +209,11 @@ def main() -> None:
                 results_path.write_text(json.dumps(results, indent=1))
                 times_path.write_text(json.dumps(times, indent=1))
             r = results[key]
+            if "zeroshot" not in r:  # a run from before the zero-shot tasks were scored here: score its models
+                out, data = args.root / f"{name}-s{seed}", demo.build(args.root / f"data-s{seed}", progress=False, holdout="validation")
+                models = {"teacher": out / "teacher" / "model", "student": out / "contrastive" / "model"}
+                r["zeroshot"] = zeroshot(models, data, "auto")
+                results_path.write_text(json.dumps(results, indent=1))
             print(
                 f"{key}: teacher en {r['teacher']['en']:.1f}, distilled en {r['distilled']['en']:.1f}, "
                 f"student en {r['student']['en']:.1f}, zh {r['student']['zh']:.1f}, "
@@ -188,6 +230,12 @@ def main() -> None:
         "student others",
         "worst % of teacher en",
         "teacher zh",
+        "flags: teacher en",
+        "student en %",
+        "worst %",
+        "tones held out: teacher en",
+        "student en %",
+        "worst %",
     ]
     rows = [[name, *summarise([results[f"{name}:{s}"] for s in args.seeds])] for name in args.variants]
     if args.json:

@@ -185,11 +185,14 @@ def _write_files(data: EmojiSet) -> None:
             {"image": data.image_name(c), "caption": data.names[c][lang], "lang": lang} for c in chars for lang in langs
         ]
 
-    others = [lang for lang in LANGUAGES if lang != "en"]
     _jsonl(data.folder / "teacher_pairs.jsonl", pairs(data.train, ["en"]))
     _jsonl(data.folder / "pairs.jsonl", pairs(data.train, list(LANGUAGES)))
     _jsonl(data.folder / "test.jsonl", pairs(data.test, list(LANGUAGES)))
-    lines = ["src\ttgt\tlang"] + [
-        f"{data.names[c]['en']}\t{data.names[c][lang]}\t{lang}" for c in data.train for lang in others
-    ]
-    atomic_write_bytes(data.folder / "parallel.tsv", ("\n".join(lines) + "\n").encode("utf-8"))
+    write_parallel(data.folder / "parallel.tsv", [data.names[c] for c in data.train])
+
+
+def write_parallel(path: Path, items: list[dict[str, str]]) -> None:
+    """Phase 1's TSV: each item's English text beside its text in each other language."""
+    others = [lang for lang in LANGUAGES if lang != "en"]
+    lines = ["src\ttgt\tlang"] + [f"{item['en']}\t{item[lang]}\t{lang}" for item in items for lang in others]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))

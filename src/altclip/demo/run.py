@@ -7,8 +7,8 @@
    (contrastive on the multilingual pairs, image tower frozen): the same code as real training.
 4. Evaluation: retrieval recall on the held-out emoji per language for the teacher and the student,
    printed like the paper's table and saved as JSON and PNG; zero-shot classification of the flag emoji
-   among all flags by their CLDR country names, per language (``demo.flags``); and the pointing game of
-   relevance maps on 2x2 composites of held-out emoji (``demo.pointing``).
+   among all flags by their CLDR country names and of emoji by skin tone, per language (``demo.zeroshot``);
+   and the pointing game of relevance maps on 2x2 composites of held-out emoji (``demo.pointing``).
 
 Every stage writes its result into the work folder; running again reuses finished stages.
 """
@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-from altclip.demo.data import LANGUAGES, EmojiSet, build
-from altclip.demo.flags import FlagRow, evaluate_flags, flags_table, write_flags_report
+from altclip.demo.cldr import cldr_items
+from altclip.demo.data import LANGUAGES, EmojiSet, build, write_parallel
 from altclip.demo.pointing import PointingRow, composites, play, pointing_table, write_pointing_report
+from altclip.demo.zeroshot import ZeroShotRow, evaluate_zeroshot, write_zeroshot_report, zeroshot_table
 from altclip.embedder import Embedder
 from altclip.evaluate.report import ReportRow, paper_table, write_report
 from altclip.evaluate.retrieval import evaluate_pairs
@@ -75,6 +76,8 @@ class DemoConfig:
     teacher_patch_dropout: float = 0.5  # the share of patch tokens the teacher's image tower drops in training
     distill_lr: float = 3e-3
     distill_source_fraction: float = 0.25  # the share of each batch whose English side the student reads too
+    # what phase 1 reads besides the emoji names: CLDR display names in the 14 languages (``demo.cldr``)
+    phase1_sources: tuple[str, ...] = ()
     contrastive_lr: float = 2e-4
     contrastive_logit_scale: float | None = None  # phase 2 starts from this scale (None: the teacher's, copied)
     student_dropout: float = 0.05  # the student tower's hidden dropout
@@ -182,7 +185,7 @@ def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
     if _stage_done(folder):
         return folder
     xlmr = config.out / "xlmr-init"
-    sentences = [name for c in data.train for name in data.names[c].values()]
+    sentences = [text for item in phase1_items(config, data) for text in item.values()]
     spm = train_sentencepiece(sentences, xlmr / "sentencepiece.bpe.model", config.vocab_size, config.character_coverage)
     tokenizer = XLMRobertaTokenizer.from_sentencepiece(spm, model_max_length=64)
     tokenizer.save_pretrained(xlmr)
@@ -208,9 +211,25 @@ def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
     return folder
 
 
+def phase1_items(config: DemoConfig, data: EmojiSet) -> list[dict[str, str]]:
+    """What phase 1 reads, one meaning in every language an item: the training emoji's names, then the CLDR
+    sources the config names."""
+    return [data.names[c] for c in data.train] + cldr_items(config.phase1_sources)
+
+
+def write_phase1(config: DemoConfig, data: EmojiSet) -> Path:
+    """Phase 1's parallel text (English -> each other language) in the run's folder: the data folder's emoji
+    lines alone when no other source is read."""
+    if not config.phase1_sources:
+        return data.folder / "parallel.tsv"
+    path = config.out / "phase1.tsv"
+    write_parallel(path, phase1_items(config, data))
+    return path
+
+
 def evaluate(
     config: DemoConfig, data: EmojiSet, models: dict[str, Path]
-) -> tuple[list[ReportRow], list[FlagRow], list[PointingRow], dict[str, Path]]:
+) -> tuple[list[ReportRow], list[ZeroShotRow], list[PointingRow], dict[str, Path]]:
     """Retrieval on the held-out emoji, zero-shot flag classification and the pointing game of relevance maps,
     per language, for each model."""
     embedders = {m: Embedder.from_pretrained(f, device=config.device, batch_size=256) for m, f in models.items()}
@@ -224,7 +243,7 @@ def evaluate(
         games = composites(data, count=min(100, len(data.test)), seed=config.seed)
         pointing, maps = play(embedders, data, games)
         paths = write_pointing_report(pointing, maps, games, data, config.out / "report")
-    return retrieval, evaluate_flags(embedders, data), pointing, paths
+    return retrieval, evaluate_zeroshot(embedders, data), pointing, paths
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
@@ -257,7 +276,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         phase = distillation_phase(
             teacher,
             student,
-            data.folder / "parallel.tsv",
+            write_phase1(config, data),
             cache_targets=True,
             source_fraction=config.distill_source_fraction,
         )
@@ -271,16 +290,16 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 phase.model.logit_scale.fill_(math.log(config.contrastive_logit_scale))
         altclip_model = _train(config, "contrastive", phase, warmup=20)
     clock.lap("contrastive")
-    say(config, "[5/5] evaluation: retrieval among the held-out emoji; zero-shot flags by CLDR country names")
-    rows, flags, pointing, pointing_paths = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})
+    say(config, "[5/5] evaluation: retrieval among the held-out emoji; zero-shot flags and skin tones by CLDR names")
+    rows, zeroshot, pointing, pointing_paths = evaluate(config, data, {"CLIP": teacher, "AltCLIP": altclip_model})
     paths = write_report(rows, config.out / "report", title="held-out emoji: CLIP teacher vs AltCLIP student")
-    if flags:
-        paths.update({f"zeroshot_{k}": v for k, v in write_flags_report(flags, config.out / "report").items()})
+    if zeroshot:
+        paths.update({f"zeroshot_{k}": v for k, v in write_zeroshot_report(zeroshot, config.out / "report").items()})
     paths.update({f"pointing_{k}": v for k, v in pointing_paths.items()})
     clock.lap("evaluation")
     return DemoResult(
         rows,
-        flags,
+        zeroshot,
         pointing,
         paths,
         altclip_model,
@@ -310,7 +329,7 @@ class DemoResult(Result):
     """What a demo run measured and wrote: the tables' rows, the report files, the models it trained."""
 
     rows: list[ReportRow]  # retrieval per language and model
-    flags: list[FlagRow]  # zero-shot flags per language and model
+    zeroshot: list[ZeroShotRow]  # zero-shot flags and skin tones per language and model
     pointing: list[PointingRow]  # the pointing game per language, model and zoom
     report: dict[str, Path]  # what -> the file written
     model: Path  # the trained AltCLIP
@@ -325,7 +344,7 @@ class DemoResult(Result):
     def to_json(self) -> dict[str, Any]:
         return {
             "results": [r.to_json() for r in self.rows],
-            "zeroshot_flags": [r.to_json() for r in self.flags],
+            "zeroshot": [r.to_json() for r in self.zeroshot],
             "pointing": [r.to_json() for r in self.pointing],
             "model": str(self.model),
             "seconds": self.seconds,
@@ -336,11 +355,12 @@ class DemoResult(Result):
     def describe(self) -> str:
         """The tables and what to try next, as the command prints them."""
         lines = ["", "retrieval among the held-out emoji (recall %, MR = mean of the six)", paper_table(self.rows)]
-        if self.flags:
+        if self.zeroshot:
             lines += [
                 "",
-                "zero-shot: each flag among all flags by CLDR country name, in templates per language (accuracy %)",
-                flags_table(self.flags),
+                "zero-shot (accuracy %): each flag among all flags by its country's CLDR name in templates per "
+                "language; each emoji with a skin tone among the five tones by their CLDR names",
+                zeroshot_table(self.zeroshot),
             ]
         if self.pointing:
             lines += [

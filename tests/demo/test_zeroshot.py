@@ -1,4 +1,5 @@
-"""The demo's zero-shot flag task: names from Babel's CLDR data, templates per language, scores per split."""
+"""The demo's zero-shot tasks: flags by CLDR country names in templates per language, emoji by skin tone; scores per
+split."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ import pytest
 import torch
 
 from altclip.demo.data import LANGUAGES, EmojiSet
-from altclip.demo.flags import FLAG_TEMPLATES, evaluate_flags, flag_code, flag_names, write_flags_report
+from altclip.demo.zeroshot import (
+    FLAG_TEMPLATES,
+    evaluate_task,
+    evaluate_zeroshot,
+    flag_code,
+    flag_names,
+    flag_task,
+    skin_tone,
+    tone_names,
+    tone_task,
+    write_zeroshot_report,
+)
 from altclip.evaluate.zeroshot import score_classes
 from altclip.tasks import Embedder
 from tests.conftest import COLOURS, SHAPES, draw
@@ -45,13 +57,14 @@ def test_every_language_and_model_on_both_splits(tmp_path, altclip_checkpoint, c
         "CLIP": Embedder.from_pretrained(clip_checkpoint),
         "AltCLIP": Embedder.from_pretrained(altclip_checkpoint),
     }
-    rows = evaluate_flags(embedders, data)
+    rows = evaluate_zeroshot(embedders, data)  # no emoji with a skin tone: the flags alone
     assert [(r.language, r.method) for r in rows[:3]] == [
         ("English", "CLIP"),
         ("English", "AltCLIP"),
         ("Chinese", "CLIP"),
     ]
     assert len(rows) == 28 and all((r.seen.images, r.held_out.images) == (6, 2) for r in rows)
+    assert {r.task for r in rows} == {"flags"} and rows[0].chance == pytest.approx(100 / 8)
     assert all(0 <= r.seen.top1 <= r.seen.top5 <= 100 for r in rows)
     # the Chinese row is the Chinese names in the Chinese templates, scored against the images
     images = embedders["AltCLIP"].embed_images([data.image(c) for c in sorted(FLAGS)])
@@ -60,6 +73,35 @@ def test_every_language_and_model_on_both_splits(tmp_path, altclip_checkpoint, c
     held = torch.tensor([c in data.test for c in sorted(FLAGS)])
     expected = score_classes(images[held], torch.arange(8)[held], classes, [str(i) for i in range(8)])
     assert rows[3].held_out.top1 == expected.top1 and rows[3].held_out.top5 == expected.top5
-    paths = write_flags_report(rows, tmp_path / "report")
+    paths = write_zeroshot_report(rows, tmp_path / "report")
     assert len(json.loads(paths["json"].read_text())) == 28 and "held-out top-1" in paths["text"].read_text()
-    assert evaluate_flags(embedders, EmojiSet(tmp_path, FLAGS, [], {})) == []  # no held-out flag: no task
+    assert evaluate_task(embedders, EmojiSet(tmp_path, FLAGS, [], {}), flag_task(data)) == []  # none held out
+
+
+HANDS = ["👋🏻", "👋🏼", "👋🏽", "👋🏾", "👋🏿", "👍🏻", "👍🏿", "🤝🏻", "🧑🏻‍🤝‍🧑🏿", "👋"]
+
+
+def test_skin_tones_and_their_cldr_names():
+    assert [skin_tone(c) for c in HANDS] == [0, 1, 2, 3, 4, 0, 4, 0, None, None]  # two tones or none: not a class
+    names = tone_names()
+    assert len(names) == 5 and names[0]["en"] == "light skin tone" and names[4]["en"] == "dark skin tone"
+    assert all(set(n) == set(LANGUAGES) and len({n[lang] for n in names}) == 5 for n in names for lang in LANGUAGES)
+
+
+def test_tone_task_scores_the_tones_of_both_splits(tmp_path, altclip_checkpoint):
+    data = EmojiSet(tmp_path, train=HANDS[:5] + HANDS[8:], test=HANDS[5:8], names={})
+    (tmp_path / "images").mkdir()
+    for i, char in enumerate(HANDS):
+        draw(list(COLOURS.values())[i % len(COLOURS)][1], list(SHAPES)[i % len(SHAPES)]).save(data.image(char))
+    task = tone_task(data)
+    assert task.images == sorted(HANDS[:8]) and task.chance == pytest.approx(20)
+    embedder = Embedder.from_pretrained(altclip_checkpoint)
+    rows = evaluate_task({"AltCLIP": embedder}, data, task)
+    assert len(rows) == 14 and all((r.seen.images, r.held_out.images) == (5, 3) for r in rows)
+    # the Korean row: the images against the five Korean tone names, embedded as they are
+    held = torch.tensor([c in data.test for c in task.images])
+    classes = embedder.class_embeddings([n["ko"] for n in tone_names()], ("{}",))
+    images = embedder.embed_images([data.image(c) for c in task.images])
+    expected = score_classes(images[held], torch.tensor(task.labels)[held], classes, [str(i) for i in range(5)])
+    korean = next(r for r in rows if r.language == "Korean")
+    assert korean.held_out.top1 == expected.top1 and korean.task == "tones"

@@ -1,0 +1,41 @@
+"""Phase 1's CLDR text: items in every language, never a territory's name, and the run's parallel file."""
+
+from __future__ import annotations
+
+import pytest
+from babel import Locale
+
+from altclip.demo.cldr import SOURCES, cldr_items
+from altclip.demo.data import LANGUAGES, EmojiSet
+from altclip.demo.run import DemoConfig, write_phase1
+from altclip.errors import InputError
+
+
+def test_items_name_one_meaning_in_every_language():
+    items = cldr_items(("scripts", "calendar"))
+    assert all(set(item) == set(LANGUAGES) and all(item.values()) for item in items)
+    by_english = {item["en"]: item for item in items}
+    assert by_english["Cyrillic"]["ru"] == "кириллица" and by_english["Monday"]["de"] == "Montag"
+    assert len(by_english) == len(items)  # no item twice
+
+
+def test_no_item_is_a_territory_name_in_any_language():
+    territories = {lang: set(Locale.parse(lang).territories.values()) for lang in LANGUAGES}
+    items = cldr_items(SOURCES)
+    assert not [item for item in items if any(item[lang] in territories[lang] for lang in LANGUAGES)]
+    locales = cldr_items(("locales",))
+    canada = next(item for item in locales if item["en"] == "French (Canada)")  # inside a longer phrase only
+    assert "Kanada" in canada["de"] and canada["de"] != "Kanada"
+    with pytest.raises(InputError, match="unknown phase 1 source"):
+        cldr_items(("scripts", "territories"))
+
+
+def test_phase1_file_holds_the_emoji_names_then_the_sources(tmp_path):
+    names = {"🐈": {lang: f"cat-{lang}" for lang in LANGUAGES}, "🐕": {lang: f"dog-{lang}" for lang in LANGUAGES}}
+    data = EmojiSet(tmp_path / "data", train=["🐈"], test=["🐕"], names=names)
+    assert write_phase1(DemoConfig(out=tmp_path / "run"), data) == data.folder / "parallel.tsv"  # none: as it was
+    path = write_phase1(DemoConfig(out=tmp_path / "run", phase1_sources=("calendar",)), data)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "src\ttgt\tlang" and lines[1] == "cat-en\tcat-zh\tzh"  # the emoji names first
+    assert "Monday\t星期一\tzh" in lines and not any("dog" in line for line in lines)  # no held-out name
+    assert len(lines) == 1 + 13 * (1 + len(cldr_items(("calendar",))))
