@@ -210,7 +210,8 @@ def main() -> None:
                 times_path.write_text(json.dumps(times, indent=1))
             r = results[key]
             if "zeroshot" not in r:  # a run from before the zero-shot tasks were scored here: score its models
-                out, data = args.root / f"{name}-s{seed}", demo.build(args.root / f"data-s{seed}", progress=False, holdout="validation")
+                out = args.root / f"{name}-s{seed}"
+                data = demo.build(args.root / f"data-s{seed}", progress=False, holdout="validation")
                 models = {"teacher": out / "teacher" / "model", "student": out / "contrastive" / "model"}
                 r["zeroshot"] = zeroshot(models, data, "auto")
                 results_path.write_text(json.dumps(results, indent=1))
