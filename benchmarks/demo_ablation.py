@@ -76,6 +76,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cldr": {"phase1_sources": SOURCES},
     "cldr-no-locales": {"phase1_sources": tuple(s for s in SOURCES if s != "locales")},
     "locales": {"phase1_sources": ("locales",)},
+    "cldr-3": {"phase1_sources": SOURCES, "phase1_languages": 3},
     "locales-vocab12k": {"phase1_sources": ("locales",), "vocab_size": 12000},
 }
 # which DemoConfig fields each stage depends on (a stage is reused when these and the earlier stages' match)

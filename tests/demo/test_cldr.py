@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from babel import Locale
 
 from altclip.demo.cldr import SOURCES, cldr_items
 from altclip.demo.data import LANGUAGES, EmojiSet
-from altclip.demo.run import DemoConfig, write_phase1
+from altclip.demo.run import DemoConfig, phase1_items, write_phase1
 from altclip.errors import InputError
 
 
@@ -39,3 +41,11 @@ def test_phase1_file_holds_the_emoji_names_then_the_sources(tmp_path):
     assert lines[0] == "src\ttgt\tlang" and lines[1] == "cat-en\tcat-zh\tzh"  # the emoji names first
     assert "Monday\t星期一\tzh" in lines and not any("dog" in line for line in lines)  # no held-out name
     assert len(lines) == 1 + 13 * (1 + len(cldr_items(("calendar",))))
+
+
+def test_each_item_brings_its_share_of_the_languages_in_turn(tmp_path):
+    data = EmojiSet(tmp_path, train=[], test=[], names={})
+    items = phase1_items(DemoConfig(out=tmp_path, phase1_sources=("calendar",), phase1_languages=2), data)
+    assert len(items) == len(cldr_items(("calendar",))) and all(len(item) == 3 and "en" in item for item in items)
+    counts = Counter(lang for item in items for lang in item if lang != "en")
+    assert set(counts) == set(LANGUAGES) - {"en"} and max(counts.values()) - min(counts.values()) <= 1

@@ -192,7 +192,9 @@ def _write_files(data: EmojiSet) -> None:
 
 
 def write_parallel(path: Path, items: list[dict[str, str]]) -> None:
-    """Phase 1's TSV: each item's English text beside its text in each other language."""
+    """Phase 1's TSV: each item's English text beside its text in each other language it has."""
     others = [lang for lang in LANGUAGES if lang != "en"]
-    lines = ["src\ttgt\tlang"] + [f"{item['en']}\t{item[lang]}\t{lang}" for item in items for lang in others]
+    lines = ["src\ttgt\tlang"] + [
+        f"{item['en']}\t{item[lang]}\t{lang}" for item in items for lang in others if lang in item
+    ]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))

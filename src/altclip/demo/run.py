@@ -78,6 +78,7 @@ class DemoConfig:
     distill_source_fraction: float = 0.25  # the share of each batch whose English side the student reads too
     # what phase 1 reads besides the emoji names: CLDR display names in the 14 languages (``demo.cldr``)
     phase1_sources: tuple[str, ...] = ()
+    phase1_languages: int = 13  # the translations each CLDR item brings (in turn through the 13), beside English
     contrastive_lr: float = 2e-4
     contrastive_logit_scale: float | None = None  # phase 2 starts from this scale (None: the teacher's, copied)
     student_dropout: float = 0.05  # the student tower's hidden dropout
@@ -212,9 +213,15 @@ def make_student(config: DemoConfig, data: EmojiSet, teacher: Path) -> Path:
 
 
 def phase1_items(config: DemoConfig, data: EmojiSet) -> list[dict[str, str]]:
-    """What phase 1 reads, one meaning in every language an item: the training emoji's names, then the CLDR
-    sources the config names."""
-    return [data.names[c] for c in data.train] + cldr_items(config.phase1_sources)
+    """What phase 1 reads, one meaning an item ({language: text}): the training emoji's names in every language,
+    then the items of the CLDR sources the config names, each in English and ``phase1_languages`` others (taken in
+    turn, so that every language gets its share)."""
+    others = [lang for lang in LANGUAGES if lang != "en"]
+    extra = []
+    for i, item in enumerate(cldr_items(config.phase1_sources)):
+        chosen = {others[(i * config.phase1_languages + j) % len(others)] for j in range(config.phase1_languages)}
+        extra.append({lang: text for lang, text in item.items() if lang == "en" or lang in chosen})
+    return [data.names[c] for c in data.train] + extra
 
 
 def write_phase1(config: DemoConfig, data: EmojiSet) -> Path:
