@@ -94,6 +94,7 @@ STAGES = {
     ),
     "student-init": (
         "phase1_sources",
+        "phase1_languages",
         "vocab_size",
         "character_coverage",
         "student_width",
