@@ -30,6 +30,10 @@ def test_no_item_is_a_territory_name_in_any_language():
     assert "Kanada" in canada["de"] and canada["de"] != "Kanada"
     with pytest.raises(InputError, match="unknown phase 1 source"):
         cldr_items(("scripts", "territories"))
+    with pytest.raises(InputError, match=r"\['territories'\]"):  # refused before any stage runs
+        DemoConfig(phase1_sources=("territories",))
+    with pytest.raises(InputError, match="phase1_languages"):
+        DemoConfig(phase1_sources=("scripts",), phase1_languages=14)
 
 
 def test_phase1_file_holds_the_emoji_names_then_the_sources(tmp_path):

@@ -14,17 +14,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     Train a small CLIP teacher on English emoji names, distil it into a multilingual AltCLIP student, train that
     contrastively, and compare both on held-out emoji in 14 languages (Noto Color Emoji + CLDR names):
-    retrieval, zero-shot classification of the flag emoji by their CLDR country names, and the pointing game of
-    relevance maps.
+    retrieval, zero-shot classification (the flag emoji by their CLDR country names, emoji by skin tone), and the
+    pointing game of relevance maps.
 
     examples:
       altclip demo --out altclip-demo
+      altclip demo --out altclip-demo-cldr --phase1-sources languages scripts currencies units calendar locales
     """
     from altclip.demo.run import DemoConfig, run_demo
 
     given = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if getattr(args, f.name, None) is not None
     }
+    if "phase1_sources" in given:
+        given["phase1_sources"] = tuple(given["phase1_sources"])
     result = run_demo(DemoConfig(**{**given, "out": Path(args.out)}, progress=not args.json))
     if args.json:
         print_json(result.to_json())
@@ -42,6 +45,13 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-epochs", type=int)
     p.add_argument("--distill-epochs", type=int)
     p.add_argument("--contrastive-epochs", type=int)
+    p.add_argument(
+        "--phase1-sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="CLDR display names phase 1 reads besides the emoji names: any of languages, scripts, currencies, "
+        "units, calendar, locales (altclip.demo.cldr; default: none)",
+    )
     p.add_argument("--workers", type=int, default=2)
     add_device(p)
     add_json(p)

@@ -65,12 +65,16 @@ def _locale_names(locales: dict[str, Any]) -> dict[str, dict[str, str]]:
     return tables
 
 
+def check_sources(sources: tuple[str, ...]) -> None:
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise InputError(f"unknown phase 1 source(s) {unknown}; choose from {', '.join(SOURCES)}")
+
+
 def cldr_items(sources: tuple[str, ...]) -> list[dict[str, str]]:
     """The items of the chosen sources (see the module docstring), without repeats and without any item that
     is a territory's name in some language."""
-    unknown = [s for s in sources if s not in SOURCES]
-    if unknown:
-        raise InputError(f"unknown phase 1 source(s) {unknown}; choose from {', '.join(SOURCES)} (or 'emoji')")
+    check_sources(sources)
     locales = _locales()
     territories = {lang: set(locale.territories.values()) for lang, locale in locales.items()}
     tables = {

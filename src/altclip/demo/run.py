@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 
-from altclip.demo.cldr import cldr_items
+from altclip.demo.cldr import check_sources, cldr_items
 from altclip.demo.data import LANGUAGES, EmojiSet, build, write_parallel
 from altclip.demo.pointing import PointingRow, composites, play, pointing_table, write_pointing_report
 from altclip.demo.zeroshot import ZeroShotRow, evaluate_zeroshot, write_zeroshot_report, zeroshot_table
 from altclip.embedder import Embedder
 from altclip.evaluate.report import ReportRow, paper_table, write_report
 from altclip.evaluate.retrieval import evaluate_pairs
+from altclip.errors import InputError
 from altclip.files import atomic_write_bytes
 from altclip.modeling.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from altclip.modeling.models import CLIPModel
@@ -94,6 +95,11 @@ class DemoConfig:
     workers: int = 2
     device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_sources(self.phase1_sources)  # before any stage runs
+        if not 1 <= self.phase1_languages <= len(LANGUAGES) - 1:
+            raise InputError(f"phase1_languages must be 1 to {len(LANGUAGES) - 1}, got {self.phase1_languages}")
 
 
 def say(config: DemoConfig, message: str) -> None:
