@@ -29,9 +29,9 @@ from altclip.demo.data import LANGUAGES, EmojiSet, build, write_parallel
 from altclip.demo.pointing import PointingRow, composites, play, pointing_table, write_pointing_report
 from altclip.demo.zeroshot import ZeroShotRow, evaluate_zeroshot, write_zeroshot_report, zeroshot_table
 from altclip.embedder import Embedder
+from altclip.errors import InputError
 from altclip.evaluate.report import ReportRow, paper_table, write_report
 from altclip.evaluate.retrieval import evaluate_pairs
-from altclip.errors import InputError
 from altclip.files import atomic_write_bytes
 from altclip.modeling.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from altclip.modeling.models import CLIPModel
