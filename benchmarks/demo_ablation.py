@@ -78,6 +78,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "locales": {"phase1_sources": ("locales",)},
     "cldr-3": {"phase1_sources": SOURCES, "phase1_languages": 3},
     "locales-vocab12k": {"phase1_sources": ("locales",), "vocab_size": 12000},
+    "vocab12k": {"vocab_size": 12000},
+    "locales3-vocab12k": {"phase1_sources": ("locales",), "phase1_languages": 3, "vocab_size": 12000},
+    "cldr-vocab12k": {"phase1_sources": SOURCES, "vocab_size": 12000},
 }
 # which DemoConfig fields each stage depends on (a stage is reused when these and the earlier stages' match)
 STAGES = {
