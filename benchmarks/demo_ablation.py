@@ -81,6 +81,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "vocab12k": {"vocab_size": 12000},
     "locales-vocab12k-grouped": {"phase1_sources": ("locales",), "vocab_size": 12000, "distill_group_by_length": True},
     "locales3-vocab12k": {"phase1_sources": ("locales",), "phase1_languages": 3, "vocab_size": 12000},
+    "locales6-vocab12k": {"phase1_sources": ("locales",), "phase1_languages": 6, "vocab_size": 12000},
     "cldr-vocab12k": {"phase1_sources": SOURCES, "vocab_size": 12000},
 }
 # which DemoConfig fields each stage depends on (a stage is reused when these and the earlier stages' match)
