@@ -39,8 +39,9 @@ def test_no_item_is_a_territory_name_in_any_language():
 def test_phase1_file_holds_the_emoji_names_then_the_sources(tmp_path):
     names = {"🐈": {lang: f"cat-{lang}" for lang in LANGUAGES}, "🐕": {lang: f"dog-{lang}" for lang in LANGUAGES}}
     data = EmojiSet(tmp_path / "data", train=["🐈"], test=["🐕"], names=names)
-    assert write_phase1(DemoConfig(out=tmp_path / "run"), data) == data.folder / "parallel.tsv"  # none: as it was
-    path = write_phase1(DemoConfig(out=tmp_path / "run", phase1_sources=("calendar",)), data)
+    emoji_only = DemoConfig(out=tmp_path / "run", phase1_sources=())
+    assert write_phase1(emoji_only, data) == data.folder / "parallel.tsv"  # the data folder's file, as it was
+    path = write_phase1(DemoConfig(out=tmp_path / "run", phase1_sources=("calendar",), phase1_languages=13), data)
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "src\ttgt\tlang" and lines[1] == "cat-en\tcat-zh\tzh"  # the emoji names first
     assert "Monday\t星期一\tzh" in lines and not any("dog" in line for line in lines)  # no held-out name
