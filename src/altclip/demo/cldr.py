@@ -9,7 +9,7 @@ language ({language: text}):
     currencies  names of currencies ("Japanese Yen", "日元", ...)
     units       long names of measurement units ("kilometers", "公里", ...)
     calendar    month and weekday names
-    locales     names of locales: a language and where it is spoken ("French (Canada)", "法语（加拿大）", ...)
+    locales     names of locales: a language and where it is spoken ("French (Canada)", "法语 (加拿大)", ...)
 
 Territory names are never items of their own: the flag task (``demo.zeroshot``) classifies by them, so a country's
 name reaches phase 1 only inside a longer phrase (a locale's name), never as a standalone target, and no item
