@@ -99,7 +99,7 @@ def zeroshot_top1(model: Reference, data: EmojiSet) -> dict[tuple[str, str, str]
     for task in (flag_task(data), tone_task(data)):
         images = model.embed_images([data.image(c) for c in task.images])
         labels = np.array(task.labels)
-        held = np.array([c in set(data.test) for c in task.images])
+        held = np.isin(task.images, data.test)
         for lang in LANGUAGES:
             templates = task.templates[lang]
             prompts = [t.format(names[lang]) for names in task.classes for t in templates]

@@ -82,7 +82,6 @@ def test_training_and_the_demo_under_start_method(tmp_path, method, teacher, stu
         assert len((tmp_path / run / "log.jsonl").read_text().splitlines()) == 2
     demo = json.loads(result.stdout[result.stdout.index('{\n  "results"') :])
     assert len(demo["results"]) == 28 and (tmp_path / "demo" / "contrastive" / "model" / "config.json").is_file()
-    tasks = {
-        row["task"] for row in demo["zeroshot"]
-    }  # a task is scored when the 200 emoji hold its images on both sides
+    # a task is scored when the 200 emoji hold its images on both sides of the split
+    tasks = {row["task"] for row in demo["zeroshot"]}
     assert len(demo["zeroshot"]) == 28 * len(tasks) and tasks <= {"flags", "tones"}

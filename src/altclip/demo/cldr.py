@@ -18,6 +18,7 @@ equals a territory's name in any language. The flag task's prompts appear nowher
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +28,9 @@ from altclip.errors import InputError
 SOURCES = ("languages", "scripts", "currencies", "units", "calendar", "locales")
 
 
-def _locales() -> dict[str, Any]:
+@functools.cache
+def babel_locales() -> dict[str, Any]:
+    """Babel's locale of each demo language, whose CLDR data names things in it."""
     from babel import Locale
 
     return {lang: Locale.parse(lang) for lang in LANGUAGES}
@@ -71,11 +74,13 @@ def check_sources(sources: tuple[str, ...]) -> None:
         raise InputError(f"unknown phase 1 source(s) {unknown}; choose from {', '.join(SOURCES)}")
 
 
+@functools.lru_cache(maxsize=4)
 def cldr_items(sources: tuple[str, ...]) -> list[dict[str, str]]:
     """The items of the chosen sources (see the module docstring), without repeats and without any item that
-    is a territory's name in some language."""
+    is a territory's name in some language. Cached: a demo run reads them for its tokenizer and for phase 1
+    (callers must not change the list)."""
     check_sources(sources)
-    locales = _locales()
+    locales = babel_locales()
     territories = {lang: set(locale.territories.values()) for lang, locale in locales.items()}
     tables = {
         "languages": lambda: {lang: dict(loc.languages) for lang, loc in locales.items()},

@@ -245,8 +245,8 @@ def write_phase1(config: DemoConfig, data: EmojiSet) -> Path:
 def evaluate(
     config: DemoConfig, data: EmojiSet, models: dict[str, Path]
 ) -> tuple[list[ReportRow], list[ZeroShotRow], list[PointingRow], dict[str, Path]]:
-    """Retrieval on the held-out emoji, zero-shot flag classification and the pointing game of relevance maps,
-    per language, for each model."""
+    """Retrieval on the held-out emoji, the zero-shot tasks (flags, skin tones) and the pointing game of relevance
+    maps, per language, for each model."""
     embedders = {m: Embedder.from_pretrained(f, device=config.device, batch_size=256) for m, f in models.items()}
     results = {
         method: evaluate_pairs(embedder, data.folder / "test.jsonl", workers=0, progress=False)[0]

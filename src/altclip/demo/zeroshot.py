@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from altclip.demo.cldr import babel_locales
 from altclip.demo.data import LANGUAGES, EmojiSet
 from altclip.embedder import Embedder
 from altclip.evaluate.zeroshot import ZeroShotScores, score_classes
@@ -59,9 +60,7 @@ def flag_code(char: str) -> str | None:
 
 def flag_names(chars: Sequence[str]) -> dict[str, dict[str, str]]:
     """Flag emoji among ``chars`` -> {language: the region's CLDR name}, for regions Babel names in all 14."""
-    from babel import Locale
-
-    locales = {lang: Locale.parse(lang) for lang in LANGUAGES}
+    locales = babel_locales()
     names = {}
     for char in chars:
         code = flag_code(char)
@@ -108,9 +107,9 @@ def flag_task(data: EmojiSet) -> Task:
 
 
 def tone_task(data: EmojiSet) -> Task:
-    chars = sorted(c for c in data.train + data.test if skin_tone(c) is not None)
-    labels = [skin_tone(c) for c in chars]
-    return Task("tones", chars, labels, tone_names(), {lang: ("{}",) for lang in LANGUAGES})  # type: ignore[arg-type]
+    tones = {c: tone for c in data.train + data.test if (tone := skin_tone(c)) is not None}
+    chars = sorted(tones)
+    return Task("tones", chars, [tones[c] for c in chars], tone_names(), {lang: ("{}",) for lang in LANGUAGES})
 
 
 @dataclass
@@ -137,7 +136,8 @@ class ZeroShotRow:
 def evaluate_task(embedders: dict[str, Embedder], data: EmojiSet, task: Task) -> list[ZeroShotRow]:
     """Every image of the task classified among its classes, per language, for each model; [] when the data
     holds no image of the task on one side of the split (a small ``--limit`` run)."""
-    held = torch.tensor([c in set(data.test) for c in task.images], dtype=torch.bool)
+    test = set(data.test)
+    held = torch.tensor([c in test for c in task.images], dtype=torch.bool)
     if not held.any() or held.all():
         return []
     labels = torch.tensor(task.labels)
