@@ -19,6 +19,9 @@ def test_items_name_one_meaning_in_every_language():
     by_english = {item["en"]: item for item in items}
     assert by_english["Cyrillic"]["ru"] == "кириллица" and by_english["Monday"]["de"] == "Montag"
     assert len(by_english) == len(items)  # no item twice
+    zones = {item["en"]: item for item in cldr_items(("timezones",))}
+    assert zones["Japan Time"]["ko"] == "일본 시간"
+    assert zones["Canada (Toronto) Time"]["de"] == "Kanada (Toronto) (Ortszeit)"
 
 
 def test_no_item_is_a_territory_name_in_any_language():

@@ -37,6 +37,29 @@ def test_flag_codes_and_cldr_names():
     assert all(t.count("{}") == 1 for templates in FLAG_TEMPLATES.values() for t in templates)
 
 
+def test_templates_say_flag_with_the_word_of_cldrs_flag_names():
+    import emoji
+
+    emoji.config.load_language()
+    for lang, templates in FLAG_TEMPLATES.items():
+        # CLDR names a flag emoji "<flag word> <country>" in most languages (en and zh: the country alone)
+        words = emoji.EMOJI_DATA["🇨🇦"][lang].strip(":").split("_")
+        flag_word = {"en": "flag", "zh": "旗"}.get(lang) or words[0]
+        assert all(flag_word[:3].lower() in t.lower() for t in templates), lang
+
+
+def test_prompts_take_the_case_of_the_captions(tmp_path):
+    names = {"🐈": {lang: "cat" for lang in LANGUAGES} | {"en": "Cat", "ru": "Кошка"}}
+    data = EmojiSet(tmp_path, train=["🐈"], test=[], names=names)
+    assert data.lower_case_languages() == set(LANGUAGES) - {"en", "ru"}
+    assert EmojiSet(tmp_path, [], [], {}).lower_case_languages() == set()  # no names, no evidence
+    task = flag_task(EmojiSet(tmp_path, train=FLAGS, test=[], names=names))
+    germany = task.classes[task.images.index("🇩🇪")]
+    assert germany["de"] == "deutschland" and germany["en"] == "Germany" and germany["ru"] == "Германия"
+    assert task.templates["de"] == ("die flagge von {}.", "flagge: {}.")
+    assert task.templates["en"] == FLAG_TEMPLATES["en"] and task.templates["ru"] == FLAG_TEMPLATES["ru"]
+
+
 def test_scores_equal_a_naive_count():
     g = torch.Generator().manual_seed(0)
     images, classes = torch.randn(20, 8, generator=g), torch.randn(9, 8, generator=g)

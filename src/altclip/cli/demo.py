@@ -19,7 +19,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     examples:
       altclip demo --out altclip-demo
-      altclip demo --out altclip-demo-cldr --phase1-sources languages scripts currencies units calendar locales
+      altclip demo --out altclip-demo-cldr --phase1-sources languages scripts currencies units locales timezones
+      altclip demo --out altclip-demo-emoji --phase1-sources    # phase 1 on the emoji names alone
     """
     from altclip.demo.run import DemoConfig, run_demo
 
@@ -50,7 +51,8 @@ def register(sub: Subparsers, model: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="SOURCE",
         help="CLDR display names phase 1 reads besides the emoji names: any of languages, scripts, currencies, "
-        "units, calendar, locales (altclip.demo.cldr; default: none)",
+        "units, calendar, locales, timezones (altclip.demo.cldr; default: locales timezones; none given: the emoji "
+        "names alone)",
     )
     p.add_argument("--workers", type=int, default=2)
     add_device(p)

@@ -10,10 +10,12 @@ language ({language: text}):
     units       long names of measurement units ("kilometers", "公里", ...)
     calendar    month and weekday names
     locales     names of locales: a language and where it is spoken ("French (Canada)", "法语 (加拿大)", ...)
+    timezones   time zones by where they are ("Japan Time", "Canada (Toronto) Time", "日本时间", ...; Babel
+                gives Russian the summer-time pattern, "Япония, летнее время")
 
 Territory names are never items of their own: the flag task (``demo.zeroshot``) classifies by them, so a country's
-name reaches phase 1 only inside a longer phrase (a locale's name), never as a standalone target, and no item
-equals a territory's name in any language. The flag task's prompts appear nowhere.
+name reaches phase 1 only inside a longer phrase (a locale's or a time zone's name), never as a standalone target,
+and no item equals a territory's name in any language. The flag task's prompts appear nowhere.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from altclip.demo.data import LANGUAGES
 from altclip.errors import InputError
 
-SOURCES = ("languages", "scripts", "currencies", "units", "calendar", "locales")
+SOURCES = ("languages", "scripts", "currencies", "units", "calendar", "locales", "timezones")
 
 
 @functools.cache
@@ -68,6 +70,15 @@ def _locale_names(locales: dict[str, Any]) -> dict[str, dict[str, str]]:
     return tables
 
 
+def _timezones(locale: Any) -> dict[str, str]:
+    """Each time zone of a territory (CLDR's zone list), named by its place."""
+    from babel.core import get_global
+    from babel.dates import get_timezone_location
+
+    zones = (zone for zone, territory in get_global("zone_territories").items() if not zone.startswith("Etc/"))
+    return {zone: get_timezone_location(zone, locale=locale) for zone in zones}
+
+
 def check_sources(sources: tuple[str, ...]) -> None:
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
@@ -89,6 +100,7 @@ def cldr_items(sources: tuple[str, ...]) -> list[dict[str, str]]:
         "units": lambda: {lang: _units(loc) for lang, loc in locales.items()},
         "calendar": lambda: {lang: _calendar(loc) for lang, loc in locales.items()},
         "locales": lambda: _locale_names(locales),
+        "timezones": lambda: {lang: _timezones(loc) for lang, loc in locales.items()},
     }
     items, seen = [], set()
     for source in sources:

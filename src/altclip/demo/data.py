@@ -107,6 +107,12 @@ class EmojiSet:
     def image(self, char: str) -> str:
         return str(self.folder / self.image_name(char))
 
+    def lower_case_languages(self) -> set[str]:
+        """The languages in which every name is in lower case (as are all names of a language without case); none
+        when the set holds no names."""
+        names = self.names.values()
+        return {lang for lang in LANGUAGES if names and all(n[lang] == n[lang].lower() for n in names)}
+
 
 def build(
     folder: str | Path,

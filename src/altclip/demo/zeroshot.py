@@ -5,13 +5,16 @@ a training caption of their own, and the images are scored apart for the emoji w
 (under their emoji names) and for the held-out emoji, which no model has seen:
 
 - **flags**: each flag image among every flag the font draws, by its country's CLDR name as Babel ships it,
-  placed in templates written here for each language ("the flag of {}", "{}的国旗", ...). A country's flag cannot
+  placed in templates written here for each language ("the flag of {}", "{}的旗帜", ...). A country's flag cannot
   be guessed from its name, so the held-out flags measure how close to chance (about 0.4% top-1 among some 250
   flags) the models stay, and the trained flags measure the transfer of names to templates the models never
   read, in every language.
 - **tones**: each emoji drawn with one skin tone among the five tones, by the tone's CLDR name (the names of the
   five modifier characters, which are never drawn on their own). Chance is 20%; the held-out emoji measure the
   transfer to images never seen.
+
+Prompts are written in the case of the captions: in the languages whose emoji names the ``emoji`` package writes in
+lower case, so are the class names and templates (``captions_case``).
 """
 
 from __future__ import annotations
@@ -33,20 +36,23 @@ from altclip.tables import format_table
 
 REGIONAL_A = 0x1F1E6
 SKIN_TONES = tuple(chr(c) for c in range(0x1F3FB, 0x1F400))  # light to dark (Fitzpatrick 1-2 to 6)
+# Translations of the English templates with the word CLDR's own flag names use in each language ("flag", 旗, 깃발,
+# Flagge, флаг, علم, drapeau, ...), never a "national flag" the English does not say; where a language would
+# inflect the country's name (Russian, French, Italian), a colon keeps it in the form CLDR gives
 FLAG_TEMPLATES: dict[str, tuple[str, ...]] = {
     "en": ("the flag of {}.", "a flag of {}.", "{} flag."),
-    "zh": ("{}的国旗。", "{}国旗。", "{}的旗帜。"),
-    "ja": ("{}の国旗。", "{}の旗。"),
-    "ko": ("{}의 국기.", "{} 국기."),
-    "ar": ("علم {}.", "العلم الوطني: {}."),
-    "ru": ("флаг: {}.", "государственный флаг: {}."),
-    "fr": ("drapeau : {}.", "drapeau national : {}."),
+    "zh": ("{}的旗帜。", "{}的旗。", "{}旗。"),
+    "ja": ("{}の旗。",),
+    "ko": ("{}의 깃발.", "{} 깃발."),
+    "ar": ("علم {}.",),
+    "ru": ("флаг: {}.",),
+    "fr": ("drapeau : {}.",),
     "de": ("die Flagge von {}.", "Flagge: {}."),
     "es": ("la bandera de {}.", "bandera: {}."),
-    "it": ("bandiera: {}.", "bandiera nazionale: {}."),
+    "it": ("bandiera: {}.",),
     "pt": ("a bandeira: {}.", "bandeira de {}."),
-    "fa": ("پرچم {}.", "پرچم کشور {}."),
-    "id": ("bendera {}.", "bendera negara {}."),
+    "fa": ("پرچم {}.",),
+    "id": ("bendera {}.",),
     "tr": ("{} bayrağı.", "bayrak: {}."),
 }
 
@@ -100,16 +106,35 @@ class Task:
         return 100 / len(self.classes)
 
 
+def captions_case(
+    data: EmojiSet, classes: list[dict[str, str]], templates: dict[str, tuple[str, ...]]
+) -> tuple[list[dict[str, str]], dict[str, tuple[str, ...]]]:
+    """Class names and templates written as the data's captions are: in lower case in each language whose every
+    emoji name is (the ``emoji`` package lowercases CLDR's names in several: "flagge kanada" for "Flagge: Kanada"),
+    so that no language's prompts differ from its captions by a case they never had."""
+    lower = data.lower_case_languages()
+
+    def case(lang: str, text: str) -> str:
+        return text.lower() if lang in lower else text
+
+    return (
+        [{lang: case(lang, name) for lang, name in names.items()} for names in classes],
+        {lang: tuple(case(lang, t) for t in ts) for lang, ts in templates.items()},
+    )
+
+
 def flag_task(data: EmojiSet) -> Task:
     names = flag_names(data.train + data.test)
     chars = sorted(names)
-    return Task("flags", chars, list(range(len(chars))), [names[c] for c in chars], FLAG_TEMPLATES)
+    classes, templates = captions_case(data, [names[c] for c in chars], FLAG_TEMPLATES)
+    return Task("flags", chars, list(range(len(chars))), classes, templates)
 
 
 def tone_task(data: EmojiSet) -> Task:
     tones = {c: tone for c in data.train + data.test if (tone := skin_tone(c)) is not None}
     chars = sorted(tones)
-    return Task("tones", chars, [tones[c] for c in chars], tone_names(), {lang: ("{}",) for lang in LANGUAGES})
+    classes, templates = captions_case(data, tone_names(), {lang: ("{}",) for lang in LANGUAGES})
+    return Task("tones", chars, [tones[c] for c in chars], classes, templates)
 
 
 @dataclass
