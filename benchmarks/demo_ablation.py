@@ -29,8 +29,7 @@ from typing import Any
 from altclip.demo import run as demo
 from altclip.demo import zeroshot as zeroshot_tasks
 from altclip.demo.cldr import SOURCES
-from altclip.demo.data import LANGUAGES
-from altclip.demo.zeroshot import evaluate_zeroshot
+from altclip.demo.data import LANGUAGE_CODES, LANGUAGES
 from altclip.embedder import Embedder
 from altclip.evaluate.retrieval import evaluate_pairs
 from altclip.runtime.hardware import detect_cpu
@@ -145,11 +144,10 @@ TASKS_VERSION = hashlib.sha1(inspect.getsource(zeroshot_tasks).encode()).hexdige
 def zeroshot(models: dict[str, Path], data: Any, device: str) -> dict[str, Any]:
     """task -> model -> language -> top-1 (%) on the trained and the held-out emoji."""
     embedders = {m: Embedder.from_pretrained(f, device=device, batch_size=256) for m, f in models.items()}
-    codes = {name: code for code, name in LANGUAGES.items()}
     scores: dict[str, Any] = {}
-    for row in evaluate_zeroshot(embedders, data):
+    for row in zeroshot_tasks.evaluate_zeroshot(embedders, data):
         cell = {"trained": row.seen.top1, "held_out": row.held_out.top1}
-        scores.setdefault(row.task, {}).setdefault(row.method, {})[codes[row.language]] = cell
+        scores.setdefault(row.task, {}).setdefault(row.method, {})[LANGUAGE_CODES[row.language]] = cell
     return scores
 
 

@@ -25,7 +25,7 @@ import torch
 import transformers
 from PIL import Image
 
-from altclip.demo.data import LANGUAGES, EmojiSet, build
+from altclip.demo.data import LANGUAGE_CODES, LANGUAGES, EmojiSet, build
 from altclip.demo.zeroshot import flag_task, tone_task
 
 EPSILON = 1e-5  # scores closer than this are ties that float arithmetic may break either way
@@ -119,7 +119,6 @@ def main() -> None:
     split = json.loads((args.work / "data" / "split.json").read_text(encoding="utf-8"))
     data = build(args.work / "data", progress=False, holdout=split.get("holdout", "test"))
     models = {"CLIP": args.work / "teacher" / "model", "AltCLIP": args.work / "contrastive" / "model"}
-    codes = {name: code for code, name in LANGUAGES.items()}
     report = json.loads((args.work / "report" / "report.json").read_text(encoding="utf-8"))
     zeroshot = json.loads((args.work / "report" / "zeroshot.json").read_text(encoding="utf-8"))
     rows: list[tuple[str, str, str, str, float, tuple[float, float]]] = []  # table, model, language, split,
@@ -128,11 +127,11 @@ def main() -> None:
         model = Reference(folder, method)
         mr = retrieval_mr(model, data)
         for row in (r for r in report if r["method"] == method):
-            lang = codes[row["language"]]
+            lang = LANGUAGE_CODES[row["language"]]
             rows.append(("retrieval MR", method, lang, "held_out", row["MR"], mr[lang]))
         top1 = zeroshot_top1(model, data)
         for row in (r for r in zeroshot if r["method"] == method):
-            lang = codes[row["language"]]
+            lang = LANGUAGE_CODES[row["language"]]
             for split in ("trained", "held_out"):
                 reference = top1[(row["task"], lang, split)]
                 rows.append(("zero-shot " + row["task"], method, lang, split, row[split]["top1"], reference))

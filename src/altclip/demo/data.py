@@ -14,6 +14,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
@@ -50,6 +51,7 @@ FONT_HELP = (
     "google-noto-emoji-color-fonts`; Arch: `sudo pacman -S noto-fonts-emoji`; or download NotoColorEmoji.ttf "
     "from github.com/googlefonts/noto-emoji) and pass its path with --font if it is elsewhere"
 )
+LANGUAGE_CODES = {name: code for code, name in LANGUAGES.items()}  # "English" -> "en"
 HOLDOUTS = ("test", "validation")
 BITMAP_SIZE = 109  # the one size Noto's colour bitmaps come in
 
@@ -61,19 +63,29 @@ def find_font(path: str | Path | None = None) -> Path:
     raise MissingFileError(f"{path}: no such font file" if path else FONT_HELP)
 
 
+def emoji_table() -> dict[str, dict[str, Any]]:
+    """The ``emoji`` package's table of emoji, with the names of every language loaded."""
+    import emoji
+
+    emoji.config.load_language()
+    return emoji.EMOJI_DATA
+
+
+def plain_names(entry: dict[str, Any]) -> dict[str, str]:
+    """An emoji's names in the 14 languages as plain words (":flagge_kanada:" -> "flagge kanada")."""
+    return {lang: entry[lang].strip(":").replace("_", " ") for lang in LANGUAGES}
+
+
 def cldr_names() -> dict[str, dict[str, str]]:
     """Fully-qualified emoji -> {language: name}, for the 14 languages (names as plain words)."""
     import emoji
 
-    emoji.config.load_language()
     fully_qualified = emoji.STATUS["fully_qualified"]
-    names = {}
-    for char, data in emoji.EMOJI_DATA.items():
-        if data.get("status") != fully_qualified:
-            continue
-        if all(lang in data for lang in LANGUAGES):
-            names[char] = {lang: data[lang].strip(":").replace("_", " ") for lang in LANGUAGES}
-    return names
+    return {
+        char: plain_names(entry)
+        for char, entry in emoji_table().items()
+        if entry.get("status") == fully_qualified and all(lang in entry for lang in LANGUAGES)
+    }
 
 
 def render(char: str, font: ImageFont.FreeTypeFont, size: int) -> Image.Image | None:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from altclip.demo.cldr import babel_locales
-from altclip.demo.data import LANGUAGES, EmojiSet
+from altclip.demo.data import LANGUAGES, EmojiSet, emoji_table, plain_names
 from altclip.embedder import Embedder
 from altclip.evaluate.zeroshot import ZeroShotScores, score_classes
 from altclip.files import atomic_write_bytes
@@ -83,10 +83,8 @@ def skin_tone(char: str) -> int | None:
 
 def tone_names() -> list[dict[str, str]]:
     """The five tones' CLDR names ({language: name}), light to dark, from the ``emoji`` package."""
-    import emoji
-
-    emoji.config.load_language()
-    return [{lang: emoji.EMOJI_DATA[t][lang].strip(":").replace("_", " ") for lang in LANGUAGES} for t in SKIN_TONES]
+    table = emoji_table()
+    return [plain_names(table[t]) for t in SKIN_TONES]
 
 
 @dataclass
